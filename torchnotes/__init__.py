@@ -1,0 +1,37 @@
+"""torchnotes: the small helper every PyTorch learning note shares.
+
+It serves the notes and is not the lesson: device selection, the common flags, seeding,
+``check()`` and the built-in stand-in datasets. ``python -m torchnotes`` prints an environment
+report and the curriculum.
+"""
+
+from .checks import ClaimError, check, passed_claims, reset_claims
+from .cli import (
+    NoteError,
+    default_out_dir,
+    make_parser,
+    progress,
+    seed_everything,
+    start,
+    writable_file,
+)
+from .device import ENV_VAR, DeviceError, available_devices, get_device, synchronize
+
+__all__ = [
+    "ENV_VAR",
+    "ClaimError",
+    "DeviceError",
+    "NoteError",
+    "available_devices",
+    "check",
+    "default_out_dir",
+    "get_device",
+    "make_parser",
+    "passed_claims",
+    "progress",
+    "reset_claims",
+    "seed_everything",
+    "start",
+    "synchronize",
+    "writable_file",
+]
