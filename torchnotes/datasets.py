@@ -8,7 +8,9 @@ that reads them is the code that reads the real thing.
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,31 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .cli import NoteError
+from .curriculum import REPO_ROOT
 
-DATA_ROOT = Path("data")
+DATA_ENV_VAR = "TORCHNOTES_DATA"
+
+
+def data_root() -> Path:
+    """Where real datasets live: ``$TORCHNOTES_DATA`` or the repo's ``data/`` folder."""
+    return Path(os.environ.get(DATA_ENV_VAR) or REPO_ROOT / "data")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--data auto|real|synthetic``, ``--data-root`` and ``--download`` to a parser."""
+    parser.add_argument("--data", choices=("auto", "real", "synthetic"), default="auto",
+                        help="auto: the real dataset if it is on disk, else the built-in "
+                             "stand-in; --smoke always uses the stand-in")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help=f"folder holding real datasets (default: ${DATA_ENV_VAR} or data/)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the real dataset with torchvision if it is missing")
+    return parser
+
+
+def data_source(args: argparse.Namespace) -> str:
+    """The source a run uses: smoke runs always use the stand-in, whatever --data says."""
+    return "synthetic" if getattr(args, "smoke", False) else args.data
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR-shaped stand-in: 3x32x32 RGB, ten named classes of shapes and patterns
@@ -154,7 +179,7 @@ def _has_real_cifar10(root: Path) -> bool:
 
 
 def cifar10(train: bool = True, transform=None, *, source: str = "auto",
-            root: str | Path = DATA_ROOT, size: int | None = None, seed: int = 0,
+            root: str | Path | None = None, size: int | None = None, seed: int = 0,
             download: bool = False, verbose: bool = True):
     """CIFAR-10 when it is under ``root`` (or ``download=True``), else the stand-in.
 
@@ -163,7 +188,7 @@ def cifar10(train: bool = True, transform=None, *, source: str = "auto",
     """
     if source not in ("auto", "real", "synthetic"):
         raise NoteError(f"--data {source}: expected auto, real or synthetic")
-    root = Path(root)
+    root = Path(root) if root is not None else data_root()
     use_real = source == "real" or (source == "auto" and (_has_real_cifar10(root) or download))
     if use_real:
         if not _has_real_cifar10(root) and not download:
