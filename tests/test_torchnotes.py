@@ -208,3 +208,20 @@ def test_data_source_forces_stand_in_for_smoke():
 
     assert data_source(argparse.Namespace(smoke=True, data="real")) == "synthetic"
     assert data_source(argparse.Namespace(smoke=False, data="real")) == "real"
+
+
+def test_check_raises_proves_an_error_and_fails_without_one(capsys):
+    message = torchnotes.check_raises("int() of text raises", ValueError, int, "abc",
+                                      match="invalid literal")
+    assert "invalid literal" in message
+    assert capsys.readouterr().out.startswith("✓ int() of text raises  (ValueError: invalid")
+    with pytest.raises(ClaimError, match="no ValueError was raised"):
+        torchnotes.check_raises("int('1') raises", ValueError, int, "1")
+    with pytest.raises(ClaimError, match="lacks 'other words'"):
+        torchnotes.check_raises("wrong message", ValueError, int, "abc", match="other words")
+
+
+def test_float64_device_avoids_mps():
+    assert torchnotes.float64_device(torch.device("cpu")) == torch.device("cpu")
+    assert torchnotes.float64_device(torch.device("mps")) == torch.device("cpu")
+    assert torchnotes.float64_device(torch.device("cuda", 0)) == torch.device("cuda", 0)

@@ -5,7 +5,7 @@ It serves the notes and is not the lesson: device selection, the common flags, s
 report and the curriculum.
 """
 
-from .checks import ClaimError, check, passed_claims, reset_claims
+from .checks import ClaimError, check, check_raises, passed_claims, reset_claims
 from .cli import (
     NoteError,
     default_out_dir,
@@ -15,7 +15,14 @@ from .cli import (
     start,
     writable_file,
 )
-from .device import ENV_VAR, DeviceError, available_devices, get_device, synchronize
+from .device import (
+    ENV_VAR,
+    DeviceError,
+    available_devices,
+    float64_device,
+    get_device,
+    synchronize,
+)
 
 __all__ = [
     "ENV_VAR",
@@ -24,7 +31,9 @@ __all__ = [
     "NoteError",
     "available_devices",
     "check",
+    "check_raises",
     "default_out_dir",
+    "float64_device",
     "get_device",
     "make_parser",
     "passed_claims",

@@ -77,6 +77,28 @@ def check(claim: str, actual, expected=None, *, atol: float = 0.0, rtol: float =
     return err
 
 
+def check_raises(claim: str, exc_type: type[BaseException], fn, *args, match: str = "",
+                 **kwargs) -> str:
+    """Prove that ``fn(*args, **kwargs)`` raises ``exc_type`` whose message contains ``match``.
+
+    Prints a ``✓`` line with the start of the message and returns the whole message.
+    """
+    try:
+        fn(*args, **kwargs)
+    except exc_type as err:
+        message = str(err)
+    else:
+        raise ClaimError(f"{_mark(False)} {claim}: no {exc_type.__name__} was raised")
+    if match not in message:
+        raise ClaimError(f"{_mark(False)} {claim}: {exc_type.__name__} raised, but its message "
+                         f"lacks {match!r}: {message[:200]}")
+    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    short = first_line if len(first_line) <= 70 else first_line[:67] + "..."
+    print(f"{_mark(True)} {claim}  ({exc_type.__name__}: {short})")
+    _passed.append(claim)
+    return message
+
+
 def passed_claims() -> list[str]:
     """Claims proven so far in this process (the smoke tests count them)."""
     return list(_passed)

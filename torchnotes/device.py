@@ -84,6 +84,11 @@ def get_device(name: str | None = None) -> torch.device:
     )
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where a float64 check can run: ``device`` itself, or the CPU on Apple MPS (no float64)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings measure the work, not the launch."""
     if device.type == "cuda":
