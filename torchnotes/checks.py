@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import torch
 
 _passed: list[str] = []
@@ -31,6 +32,8 @@ def _mark(good: bool) -> str:
 def _as_float64(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu", torch.float64)
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = x.copy()        # np.asarray(pil_image) is read-only; torch warns about those
     return torch.as_tensor(x, dtype=torch.float64)
 
 

@@ -1,0 +1,114 @@
+"""transforms.ToTensor: from a picture (H, W, C) of bytes to a tensor (C, H, W) of floats in [0, 1].
+
+Models want float tensors with channels first; images on disk are bytes with channels last.
+``ToTensor`` does both conversions in one call. The modern ``torchvision.transforms.v2`` API
+splits it into two explicit steps: ``ToImage`` (layout) and ``ToDtype(scale=True)`` (values).
+
+Claims proven:
+  1. ``ToTensor()(PIL image)`` is ``(3, H, W)`` float32 in [0, 1] and equals
+     ``np.asarray(img).transpose(2, 0, 1) / 255`` element-wise (NumPy is the oracle).
+  2. A NumPy ``(H, W, 3)`` uint8 array (what OpenCV's ``cv2.imread`` returns, in BGR order)
+     gives the same tensor as the PIL image.
+  3. ``v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])`` gives the same
+     tensor (within one float32 rounding), while ``v2.ToImage()`` alone keeps uint8 values.
+  4. The pitfall: ``ToTensor`` divides by 255 only for uint8 input; a float array stays as is.
+  5. ``ToPILImage`` undoes ``ToTensor``: the round trip gives back the same bytes.
+
+Run:  python data_pipeline/03_to_tensor.py        (about 1 s on a laptop CPU)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import v2
+
+from torchnotes import check, make_parser, start
+from torchnotes.datasets import add_data_args, data_source, hymenoptera, image_files, load_image
+
+FULL = dict(train_per_class=40, val_per_class=20)   # stand-in sizes (the real set is fixed)
+SMOKE = dict(train_per_class=2, val_per_class=1)
+
+
+def step_1_to_tensor_vs_numpy(img: Image.Image) -> torch.Tensor:
+    tensor_img = transforms.ToTensor()(img)                       # (3, H, W) float32
+    w, h = img.size                                               # PIL says (width, height)
+    by_hand = np.asarray(img).transpose(2, 0, 1).astype(np.float32) / 255   # (3, H, W)
+    print(f"PIL image: size {img.size}, mode {img.mode}")
+    print(f"ToTensor:  shape {tuple(tensor_img.shape)}, dtype {tensor_img.dtype}, "
+          f"range [{tensor_img.min():.3f}, {tensor_img.max():.3f}]")
+    check("ToTensor gives (3, H, W) float32 in [0, 1]",
+          tensor_img.shape == (3, h, w) and tensor_img.dtype == torch.float32
+          and 0 <= tensor_img.min() and tensor_img.max() <= 1)
+    # Both sides divide the same byte by 255 in float32: at most one rounding apart.
+    check("ToTensor == HWC->CHW transpose / 255 in NumPy", tensor_img, by_hand, atol=1e-7)
+    return tensor_img
+
+
+def step_2_numpy_array_input(img: Image.Image, tensor_img: torch.Tensor) -> torch.Tensor:
+    array = np.array(img)                    # (H, W, 3) uint8, like cv2.imread (a writable copy)
+    from_array = transforms.ToTensor()(array)
+    print(f"NumPy array: shape {array.shape}, dtype {array.dtype} -> "
+          f"tensor {tuple(from_array.shape)}")
+    check("ToTensor(ndarray HWC uint8) == ToTensor(PIL image)", from_array, tensor_img)
+    return from_array
+
+
+def step_3_v2_api(img: Image.Image, tensor_img: torch.Tensor) -> torch.Tensor:
+    layout_only = v2.ToImage()(img)                      # (3, H, W) uint8 tv_tensors.Image
+    to_float = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    modern = to_float(img)
+    print(f"v2.ToImage:              {type(layout_only).__name__} {layout_only.dtype}, "
+          f"max {layout_only.max().item()}")
+    print(f"v2.ToImage + v2.ToDtype: {modern.dtype}, max {modern.max().item():.3f}")
+    chw_bytes = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)   # (3, H, W) uint8
+    check("v2.ToImage alone only moves channels first: same uint8 values, no scaling",
+          layout_only.dtype == torch.uint8 and torch.equal(layout_only, chw_bytes))
+    # ToDtype multiplies by 1/255 where ToTensor divides by 255: one float32 rounding apart.
+    check("v2.ToImage + v2.ToDtype(float32, scale=True) == ToTensor", modern, tensor_img,
+          atol=1e-7)
+    return modern
+
+
+def step_4_float_input_is_not_scaled(img: Image.Image) -> float:
+    as_float = np.asarray(img).astype(np.float32)                # values 0..255, but float
+    out = transforms.ToTensor()(as_float)
+    print(f"ToTensor(float32 array): max {out.max().item():.1f} (not divided by 255)")
+    check("ToTensor leaves float input unscaled: max stays the array's max",
+          out.max().item(), float(as_float.max()))
+    return out.max().item()
+
+
+def step_5_round_trip(img: Image.Image, tensor_img: torch.Tensor) -> bool:
+    back = transforms.ToPILImage()(tensor_img)
+    same = np.array_equal(np.asarray(back), np.asarray(img))
+    print(f"ToPILImage(ToTensor(img)): mode {back.mode}, size {back.size}")
+    return check("ToPILImage(ToTensor(img)) gives back the same bytes", same)
+
+
+def main(argv=None) -> dict:
+    parser = add_data_args(make_parser(__file__, __doc__))
+    args, _device = start(parser, argv)                      # transforms run on the CPU
+    cfg = SMOKE if args.smoke else FULL
+    folder = hymenoptera(data_source(args), out_dir=args.out_dir, root=args.data_root,
+                         seed=args.seed, download=args.download, **cfg)
+    img_path = image_files(folder / "train" / "ants")[0]
+    img = load_image(img_path)
+    print(f"image: {img_path}")
+    tensor_img = step_1_to_tensor_vs_numpy(img)
+    results = {
+        "shape": tuple(tensor_img.shape),
+        "from_array": step_2_numpy_array_input(img, tensor_img),
+        "v2": step_3_v2_api(img, tensor_img),
+        "float_max": step_4_float_input_is_not_scaled(img),
+        "round_trip": step_5_round_trip(img, tensor_img),
+    }
+    print(f"summary: {img.size[0]}x{img.size[1]} RGB image -> tensor {results['shape']} "
+          f"float32 in [0, 1]")
+    return results
+
+
+if __name__ == "__main__":
+    main()
