@@ -1,0 +1,166 @@
+"""Common layers by formula: BatchNorm2d, Dropout, AvgPool2d, AdaptiveAvgPool2d, Flatten, Embedding.
+
+Two of these layers behave differently in ``model.train()`` and ``model.eval()``: BatchNorm
+normalises with the batch's statistics while training (and updates running averages), with
+the running averages in eval; Dropout zeroes random units while training and does nothing in
+eval. The others are fixed functions we can write in one line.
+
+Claims proven:
+  1. BatchNorm2d (train): output = (x - batch mean) / sqrt(biased var + eps) * gamma + beta per
+     channel; running_mean <- (1-m) running_mean + m mean, running_var <- (1-m) running_var
+     + m *unbiased* var, checked over two batches.
+  2. BatchNorm2d (eval): uses the running statistics, so each sample's output no longer depends
+     on the rest of the batch (in train mode it does).
+  3. Dropout(p) (train): zeroes a fraction p of the units (within 6 standard errors) and scales
+     the rest by 1/(1-p); in eval it is the identity.
+  4. AvgPool2d equals the mean of each window (unfold by hand).
+  5. AdaptiveAvgPool2d(out) gives ``out`` whatever the input size; with out = 1 it is the mean.
+  6. Flatten gives (N, C*H*W) = reshape; Embedding(idx) = one_hot(idx) @ weight = weight[idx].
+
+Run:  python nn_modules/11_nn_common_layers.py        (under 1 s after imports on a laptop CPU)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchnotes import check, make_parser, start
+
+FULL = dict(batch=32, channels=8, size=16, dropout_units=1_000_000)
+SMOKE = dict(batch=4, channels=3, size=8, dropout_units=20_000)
+
+# float32 means/variances over a few thousand values of order 1 (summed in another order by
+# torch's kernels, or by Welford's method on GPUs): errors ~1e-6, so 1e-5.
+ATOL = 1e-5
+
+
+def batchnorm_by_hand(x: torch.Tensor, mean, var, gamma, beta, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) * gamma + beta, with (C,) statistics broadcast over N, H, W."""
+    def c(t):
+        return t.view(1, -1, 1, 1)                                   # (C,) -> (1, C, 1, 1)
+    return (x - c(mean)) / torch.sqrt(c(var) + eps) * c(gamma) + c(beta)
+
+
+def avgpool_by_hand(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    return x.unfold(2, k, s).unfold(3, k, s).mean(dim=(-2, -1))     # (N, C, oh, ow)
+
+
+def step_1_batchnorm_train(device, batch: int, channels: int, size: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels, momentum=0.1).to(device)
+    with torch.no_grad():                                            # non-trivial gamma, beta
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    m, eps = bn.momentum, bn.eps
+    running_mean = torch.zeros(channels, device=device)              # BatchNorm's start values
+    running_var = torch.ones(channels, device=device)
+    bn.train()
+    for i in range(2):
+        x = 2 * torch.randn(batch, channels, size, size, device=device) + 1
+        out = bn(x)
+        mean = x.mean(dim=(0, 2, 3))                                 # (C,) over N, H, W
+        var = x.var(dim=(0, 2, 3), correction=0)                     # biased: normalises
+        unbiased = x.var(dim=(0, 2, 3), correction=1)                # unbiased: running_var
+        check(f"batch {i + 1}: train-mode output == (x - mean) / sqrt(var + eps) * g + b",
+              out, batchnorm_by_hand(x, mean, var, bn.weight, bn.bias, eps), atol=ATOL)
+        running_mean = (1 - m) * running_mean + m * mean
+        running_var = (1 - m) * running_var + m * unbiased
+    print(f"running_mean[:3] = {bn.running_mean[:3].tolist()}")
+    check("running_mean == (1-m) * old + m * batch mean (two updates)", bn.running_mean,
+          running_mean, atol=ATOL)
+    check("running_var == (1-m) * old + m * UNBIASED batch var (two updates)", bn.running_var,
+          running_var, atol=ATOL)
+    return bn
+
+
+def step_2_batchnorm_eval(bn: nn.BatchNorm2d, device, batch: int, channels: int,
+                          size: int) -> float:
+    x = torch.randn(batch, channels, size, size, device=device)
+    bn.eval()
+    out = bn(x)
+    check("eval-mode output uses running_mean / running_var", out,
+          batchnorm_by_hand(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps),
+          atol=ATOL)
+    check("eval mode: sample 0 alone gives the same output as inside the batch",
+          bn(x[:1])[0], out[0], atol=ATOL)
+    trainer = copy.deepcopy(bn).train()        # a copy: train-mode calls update running stats
+    gap = (trainer(x[:2])[0] - trainer(x)[0]).abs().max().item()
+    print(f"train mode: sample 0 alone vs in the batch differ by up to {gap:.3f}")
+    check("train mode: sample 0's output depends on the rest of the batch", gap > 1e-3,
+          detail=f"max difference {gap:.3f}")
+    return gap
+
+
+def step_3_dropout(device, dropout_units: int, p: float = 0.3) -> float:
+    drop = nn.Dropout(p)
+    x = torch.ones(dropout_units, device=device)
+    out = drop.train()(x)
+    zeroed = (out == 0).float().mean().item()
+    se = math.sqrt(p * (1 - p) / dropout_units)        # standard error of a Binomial fraction
+    print(f"train: zeroed {zeroed:.4f} of {dropout_units} units (p = {p}, 1 s.e. = {se:.4f})")
+    # 6 standard errors: a correct Dropout fails this about once in 500 million runs.
+    check(f"train: fraction zeroed == p within 6 s.e. ({6 * se:.4f})", abs(zeroed - p) < 6 * se,
+          detail=f"|{zeroed:.4f} - {p}|")
+    kept = out[out != 0]
+    check("train: the kept units are scaled by 1/(1-p)", kept, torch.full_like(kept, 1 / (1 - p)),
+          atol=1e-6)
+    check("eval: Dropout is the identity", drop.eval()(x), x)
+    return zeroed
+
+
+def step_4_pooling(device, batch: int, channels: int, size: int) -> None:
+    x = torch.randn(batch, channels, size, size, device=device)
+    for k, s in ((2, 2), (3, 2)):
+        check(f"AvgPool2d({k}, stride={s}) == mean of each window", nn.AvgPool2d(k, s)(x),
+              avgpool_by_hand(x, k, s), atol=1e-6)
+    shapes = {}
+    for n in (size, size + 1, 2 * size + 3):             # three different input sizes
+        xi = torch.randn(batch, channels, n, n, device=device)
+        one, four = nn.AdaptiveAvgPool2d(1)(xi), nn.AdaptiveAvgPool2d((4, 4))(xi)
+        shapes[n] = (tuple(one.shape[-2:]), tuple(four.shape[-2:]))
+        check(f"input {n}x{n}: AdaptiveAvgPool2d(1) == mean over H, W", one,
+              xi.mean(dim=(2, 3), keepdim=True), atol=1e-6)
+    print(f"AdaptiveAvgPool2d output sizes by input size: {shapes}")
+    check("AdaptiveAvgPool2d output size does not depend on the input size",
+          set(shapes.values()) == {((1, 1), (4, 4))}, detail=str(set(shapes.values())))
+
+
+def step_5_flatten_and_embedding(device, batch: int, channels: int, size: int) -> None:
+    x = torch.randn(batch, channels, size, size, device=device)
+    flat = nn.Flatten()(x)
+    check(f"Flatten: {tuple(x.shape)} -> (N, C*H*W) == reshape", flat, x.reshape(batch, -1))
+    emb = nn.Embedding(num_embeddings=20, embedding_dim=5).to(device)
+    idx = torch.randint(0, 20, (batch, 7), device=device)            # (N, T) token ids
+    out = emb(idx)                                                   # (N, T, 5)
+    one_hot = F.one_hot(idx, 20).float()                             # (N, T, 20)
+    print(f"Embedding(20, 5): ids {tuple(idx.shape)} -> vectors {tuple(out.shape)}")
+    # Each output sums one weight row times 1 plus zeros: exact unless the matmul rounds
+    # (TF32 on some GPUs), hence 1e-6 rather than 0.
+    check("Embedding(idx) == one_hot(idx) @ weight", out, one_hot @ emb.weight, atol=1e-6)
+    check("Embedding(idx) == weight[idx] (a row lookup)", out, emb.weight[idx])
+
+
+def main(argv=None) -> dict:
+    parser = make_parser(__file__, __doc__)
+    args, device = start(parser, argv)
+    cfg = SMOKE if args.smoke else FULL
+    shape = {k: cfg[k] for k in ("batch", "channels", "size")}
+    bn = step_1_batchnorm_train(device, **shape)
+    results = {
+        "running_mean": bn.running_mean.cpu(),
+        "train_mode_gap": step_2_batchnorm_eval(bn, device, **shape),
+        "dropout_zeroed": step_3_dropout(device, cfg["dropout_units"]),
+    }
+    step_4_pooling(device, **shape)
+    step_5_flatten_and_embedding(device, **shape)
+    print(f"summary: Dropout zeroed {results['dropout_zeroed']:.3f} (p = 0.3); BatchNorm "
+          f"train-mode output moved by up to {results['train_mode_gap']:.3f} with the batch")
+    return results
+
+
+if __name__ == "__main__":
+    main()

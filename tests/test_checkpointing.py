@@ -1,0 +1,160 @@
+"""checkpointing/01-03: save/load round trips, the weights_only default, safe_globals, VGG16 heads.
+
+The smoke suite runs each note once; these tests pin the pieces and prove the claims can fail.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from torchnotes import ClaimError, NoteError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def save(note):
+    return note("checkpointing/01_model_save.py")
+
+
+@pytest.fixture
+def load(note):
+    return note("checkpointing/02_model_load.py")
+
+
+def _skip_trap(mod, monkeypatch):
+    # Step 3 starts a Python subprocess (~2 s); test_01_custom_class_trap runs it for real.
+    monkeypatch.setattr(mod, "step_3_custom_class_trap",
+                        lambda *a, **k: {"errors": {}, "paths": [None] * 3})
+    monkeypatch.setattr(mod, "step_4_fix_rebuild_the_class", lambda *a, **k: 0.0)
+
+
+def test_01_custom_class_trap_and_fix(save, tmp_path):
+    out = save.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    errors = out["trap"]["errors"]
+    assert errors["load"].startswith("UnpicklingError") and "tiny_model.TinyNet" in errors["load"]
+    assert errors["import"] == "ModuleNotFoundError: No module named 'tiny_model'"
+    assert out["trap"]["output_error"] == 0.0
+    assert out["size_whole"] > out["size_state"]
+    assert "torchvision.models.squeezenet.SqueezeNet" in out["named_whole"]
+    assert out["named_state"] == []
+    for name in ("tiny_model.py", "tiny_whole.pth", "tiny_state_dict.pth", "tiny_io.pth"):
+        assert (tmp_path / "trap_project" / name).is_file()
+
+
+def test_01_then_02_uses_01s_files(save, load, tmp_path, monkeypatch, capsys):
+    _skip_trap(save, monkeypatch)
+    saved = save.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    loaded = load.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert loaded["whole"] == saved["whole"] and loaded["state"] == saved["state"]
+    assert "loading the files checkpointing/01_model_save.py saved" in capsys.readouterr().out
+    assert not (tmp_path / "made_by_02").exists()
+
+
+def test_02_then_01_in_a_fresh_dir(save, load, tmp_path, monkeypatch, capsys):
+    _skip_trap(save, monkeypatch)
+    first = load.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert first["whole"].parent == tmp_path / "made_by_02"
+    assert "01's files are not in" in capsys.readouterr().out
+    again = load.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])  # reuses them
+    assert again["whole"] == first["whole"]
+    saved = save.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert saved["whole"] == tmp_path / "squeezenet_whole.pth"
+    assert load.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])["whole"] == \
+        saved["whole"]
+
+
+def test_01_refuses_to_overwrite_unless_asked(save, tmp_path, monkeypatch):
+    _skip_trap(save, monkeypatch)
+    argv = ["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)]
+    save.main(argv)
+    before = (tmp_path / "squeezenet_state_dict.pth").read_bytes()
+    with pytest.raises(NoteError, match="already exists.*--overwrite"):
+        save.main(argv)
+    assert (tmp_path / "squeezenet_state_dict.pth").read_bytes() == before
+    save.main([*argv, "--overwrite", "--seed", "1"])     # another seed, other weights
+    assert (tmp_path / "squeezenet_state_dict.pth").read_bytes() != before
+
+
+def test_state_dict_round_trip_is_exact(load, tmp_path):
+    model = load.build_model()
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    back = torch.load(tmp_path / "sd.pth", map_location=CPU)
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+def test_default_refuses_whole_model_and_safe_globals_fixes_it(load, tmp_path):
+    model = load.build_model().eval()
+    torch.save(model, tmp_path / "whole.pth")
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+        torch.load(tmp_path / "whole.pth", map_location=CPU)
+    assert load.step_1_default_refuses_whole_model(tmp_path / "whole.pth", CPU) == \
+        "torchvision.models.squeezenet.SqueezeNet"
+    assert load.step_3_safe_globals(tmp_path / "whole.pth", model, CPU, batch=1) == 0.0
+
+
+def test_claim_fails_when_the_allowlist_misses_a_class(load, tmp_path, monkeypatch):
+    model = load.build_model().eval()
+    torch.save(model, tmp_path / "whole.pth")
+    monkeypatch.setattr(load, "TRUSTED", [c for c in load.TRUSTED if c is not nn.Dropout])
+    with pytest.raises(ClaimError, match="allowlist is exactly"):
+        load.step_3_safe_globals(tmp_path / "whole.pth", model, CPU, batch=1)
+
+
+def test_claim_fails_when_the_files_hold_different_weights(load, tmp_path):
+    torch.manual_seed(0)
+    torch.save(load.build_model(), tmp_path / "whole.pth")
+    torch.save(load.build_model().state_dict(), tmp_path / "state.pth")   # another model
+    with pytest.raises(ClaimError, match="same weights"):
+        load.step_2_state_dict_way(tmp_path / "whole.pth", tmp_path / "state.pth", CPU)
+
+
+def test_the_strangers_code_runs_only_under_the_full_unpickler(load, tmp_path, capsys):
+    model = load.build_model()
+    torch.save(model, tmp_path / "whole.pth")
+    out = load.step_4_full_unpickler_runs_code(tmp_path / "whole.pth", CPU)
+    assert out["refused"] == "print"
+    assert out["printed"].startswith(">> printed by code inside the checkpoint")
+    buffer = io.BytesIO()
+    torch.save(load.StrangersPayload(), buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError, match="GLOBAL print"):
+        torch.load(buffer, map_location=CPU)
+
+
+def test_claim_fails_when_the_payload_is_not_what_the_note_says(load, tmp_path, monkeypatch):
+    torch.save(load.build_model(), tmp_path / "whole.pth")
+    monkeypatch.setattr(load.StrangersPayload, "__reduce__", lambda self: (len, ([],)))
+    with pytest.raises(ClaimError, match="names the function print"):
+        load.step_4_full_unpickler_runs_code(tmp_path / "whole.pth", CPU)
+
+
+def test_03_heads_have_10_outputs_and_frozen_params_get_no_grad(note, tmp_path):
+    mod = note("checkpointing/03_model_pretrained.py")
+    out = mod.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert out["add_module_shape"] == (2, 10) and out["replaced_shape"] == (2, 10)
+    assert out["trainable"] == 25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10
+    assert out["frozen"] == 14_714_688                      # VGG16's 13 conv layers
+    assert list(tmp_path.iterdir()) == []                   # nothing downloaded or written
+
+
+def test_03_claim_fails_when_features_are_not_frozen(note, monkeypatch):
+    mod = note("checkpointing/03_model_pretrained.py")
+    small = nn.Module()
+    small.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    small.classifier = nn.Linear(4, 10)
+    small.forward = lambda x: small.classifier(small.features(x))
+    monkeypatch.setattr(small.features, "requires_grad_", lambda flag: small.features)  # no-op
+    with pytest.raises(ClaimError, match="frozen parameter has no gradient"):
+        mod.step_4_freeze_features(small, torch.rand(2, 3, 8, 8))
+
+
+def test_03_looks_for_weights_in_torch_hub_cache(note, tmp_path, monkeypatch):
+    mod = note("checkpointing/03_model_pretrained.py")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert mod.cached_weights_file() == tmp_path / "checkpoints" / "vgg16-397923af.pth"
