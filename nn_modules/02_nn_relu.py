@@ -24,24 +24,14 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.transforms import ToTensor
 from torchvision.utils import save_image
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64)
 SMOKE = dict(n_images=8)
-
-
-def load_images(args, n: int, device: torch.device) -> torch.Tensor:
-    """``n`` CIFAR-shaped test images, (n, 3, 32, 32) floats in [0, 1], via a DataLoader."""
-    ds = cifar10(train=False, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, _ = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device)
 
 
 def step_1_relu_is_max_with_zero(device: torch.device) -> float:
@@ -117,7 +107,7 @@ def main(argv=None) -> dict:
         "sigmoid_error": step_2_sigmoid_formula(device),
         "inplace": step_3_inplace_shares_storage(device),
     }
-    images = load_images(args, cfg["n_images"], device)
+    images = cifar10_batch(args, cfg["n_images"], device=device)[0]
     acts = step_4_on_images(images)
     results["fraction_zeroed"] = acts["fraction_zeroed"]
     results["png"] = step_5_write_visuals(images.cpu(), {k: v.cpu() for k, v in acts.items()

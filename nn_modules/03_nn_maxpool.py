@@ -30,13 +30,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.transforms import ToTensor
 from torchvision.utils import save_image
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64, random_batch=16)
 SMOKE = dict(n_images=8, random_batch=2)
@@ -65,14 +63,6 @@ def maxpool2d_by_hand(x: torch.Tensor, k: int, s: int | None = None, p: int = 0,
     xp = F.pad(x, (p, right, p, bottom), value=-math.inf)
     windows = xp.unfold(2, k, s).unfold(3, k, s)          # (N, C, oh', ow', k, k)
     return windows[:, :, :oh, :ow].amax(dim=(-2, -1))     # (N, C, oh, ow)
-
-
-def load_images(args, n: int, device: torch.device) -> torch.Tensor:
-    """``n`` CIFAR-shaped test images, (n, 3, 32, 32) floats in [0, 1], via a DataLoader."""
-    ds = cifar10(train=False, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, _ = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device)
 
 
 def step_1_spec_example(device: torch.device) -> dict:
@@ -146,7 +136,7 @@ def main(argv=None) -> dict:
         "sizes_tried": step_2_output_size_formula(device),
         "hand_settings": step_3_hand_equals_torch(device, cfg["random_batch"]),
     }
-    images = load_images(args, cfg["n_images"], device)
+    images = cifar10_batch(args, cfg["n_images"], device=device)[0]
     pooled = step_4_pool_images(images)
     results["pooled_shape"] = tuple(pooled.shape)
     results["png"] = step_5_write_visuals(images.cpu(), pooled.cpu(), args.out_dir)

@@ -23,24 +23,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.transforms import ToTensor
 from torchvision.utils import save_image
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64)
 SMOKE = dict(n_images=8)
-
-
-def load_images(args, n: int, device: torch.device) -> torch.Tensor:
-    """``n`` CIFAR-shaped test images, (n, 3, 32, 32) floats in [0, 1], via a DataLoader."""
-    ds = cifar10(train=False, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, _ = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device)
 
 
 def step_1_module_is_functional(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
@@ -107,7 +97,7 @@ def main(argv=None) -> dict:
     cfg = SMOKE if args.smoke else FULL
     conv = nn.Conv2d(in_channels=3, out_channels=6, kernel_size=3, stride=1,
                      padding=0).to(device)
-    images = load_images(args, cfg["n_images"], device)
+    images = cifar10_batch(args, cfg["n_images"], device=device)[0]
     out = step_1_module_is_functional(conv, images)
     results = {"out_shape": tuple(out.shape), "n_params": step_2_parameter_count(conv)}
     as_rgb = step_3_shapes(images, out)

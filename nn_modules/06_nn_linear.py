@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.transforms import ToTensor
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64, out_features=10)
 SMOKE = dict(n_images=8, out_features=10)
@@ -31,14 +29,6 @@ SMOKE = dict(n_images=8, out_features=10)
 # float32 dot products of length 3072: nn.Linear (one fused addmm) and `@` then `+` may sum
 # in a different order, a few ulps; 1e-4 relative to the largest output covers that.
 RTOL = 1e-4
-
-
-def load_images(args, n: int, device: torch.device) -> torch.Tensor:
-    """``n`` CIFAR-shaped test images, (n, 3, 32, 32) floats in [0, 1], via a DataLoader."""
-    ds = cifar10(train=False, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, _ = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device)
 
 
 def step_1_flatten(images: torch.Tensor) -> torch.Tensor:
@@ -85,7 +75,7 @@ def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    images = load_images(args, cfg["n_images"], device)
+    images = cifar10_batch(args, cfg["n_images"], device=device)[0]
     flat = step_1_flatten(images)
     linear = nn.Linear(flat.shape[1], cfg["out_features"]).to(device)  # 3072 -> 10
     results = {

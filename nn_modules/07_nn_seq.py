@@ -28,12 +28,10 @@ from collections import Counter
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.transforms import ToTensor
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64, spec_batch=64)
 SMOKE = dict(n_images=8, spec_batch=8)
@@ -162,9 +160,7 @@ def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    ds = cifar10(train=False, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=cfg["n_images"], download=args.download)
-    images = next(iter(DataLoader(ds, batch_size=cfg["n_images"])))[0].to(device)
+    images, _ = cifar10_batch(args, cfg["n_images"], device=device)
     model = Moli().to(device)
     with torch.no_grad():                                 # shapes only: no graph to record
         results = {

@@ -24,11 +24,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.transforms import ToTensor
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64)
 SMOKE = dict(n_images=8)
@@ -48,14 +46,6 @@ class Moli(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model1(x)
-
-
-def load_batch(args, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` CIFAR-shaped test images (n, 3, 32, 32) in [0, 1] and labels (n,)."""
-    ds = cifar10(train=False, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, labels = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device), labels.to(device)
 
 
 def step_1_every_parameter_gets_a_gradient(model: Moli, images, labels) -> dict:
@@ -133,7 +123,7 @@ def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    images, labels = load_batch(args, cfg["n_images"], device)
+    images, labels = cifar10_batch(args, cfg["n_images"], device=device)
     model = Moli().to(device)
     out = step_1_every_parameter_gets_a_gradient(model, images, labels)
     results = {

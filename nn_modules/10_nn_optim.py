@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.transforms import ToTensor
 
 from torchnotes import check, make_parser, progress, seed_everything, start
-from torchnotes.datasets import add_data_args, cifar10, data_source
+from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_train=256, batch=32, rounds=20, lr=0.02)
 SMOKE = dict(n_train=8, batch=8, rounds=20, lr=0.01)
@@ -45,14 +43,6 @@ class Moli(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model1(x)
-
-
-def load_split(args, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` training images (n, 3, 32, 32) in [0, 1] and labels (n,): fixed."""
-    ds = cifar10(train=True, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, labels = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device), labels.to(device)
 
 
 def train(images, labels, *, seed: int, rounds: int, batch: int, lr: float,
@@ -121,7 +111,7 @@ def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
     cfg = dict(SMOKE if args.smoke else FULL)
-    images, labels = load_split(args, cfg.pop("n_train"), device)
+    images, labels = cifar10_batch(args, cfg.pop("n_train"), train=True, device=device)
     results = {"step_error": step_1_one_step_by_hand(images, labels, cfg["lr"])}
     print(f"training Moli: {images.shape[0]} images, batch {cfg['batch']}, "
           f"lr {cfg['lr']}, {cfg['rounds']} rounds")

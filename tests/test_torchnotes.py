@@ -225,3 +225,14 @@ def test_float64_device_avoids_mps():
     assert torchnotes.float64_device(torch.device("cpu")) == torch.device("cpu")
     assert torchnotes.float64_device(torch.device("mps")) == torch.device("cpu")
     assert torchnotes.float64_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+
+
+def test_cifar10_batch_gives_one_float_batch(tmp_path, capsys):
+    from torchnotes.datasets import cifar10_batch
+
+    args = argparse.Namespace(smoke=True, data="auto", data_root=tmp_path, download=False)
+    images, labels = cifar10_batch(args, 6, train=True)
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.shape == (6,) and 0 <= images.min() and images.max() <= 1
+    x, y = SyntheticCIFAR10(True, size=6).tensors()
+    assert torch.equal(images, x) and torch.equal(labels, y)      # the same first n images

@@ -291,6 +291,22 @@ def cifar10(train: bool = True, transform=None, *, source: str = "auto",
     return ds
 
 
+def cifar10_batch(args: argparse.Namespace, n: int, *, train: bool = False,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of the source the flags choose, as one batch on ``device``.
+
+    Returns float images ``(n, 3, 32, 32)`` in [0, 1] (``ToTensor``) and labels ``(n,)``.
+    ``args`` carries the data flags (``add_data_args``) and ``--smoke``.
+    """
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import ToTensor
+
+    ds = cifar10(train=train, transform=ToTensor(), source=data_source(args),
+                 root=args.data_root, size=n, download=args.download)
+    images, labels = next(iter(DataLoader(ds, batch_size=n)))
+    return images.to(device), labels.to(device)
+
+
 # ---------------------------------------------------------------------------------------------
 # MNIST-shaped stand-in: 1x28x28 digits drawn with Pillow's bundled font under affine jitter
 # ---------------------------------------------------------------------------------------------
