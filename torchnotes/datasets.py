@@ -248,6 +248,32 @@ def _call_torchvision(name: str, make, root: Path, download: bool, timeout: floa
             f"use --data synthetic for the built-in stand-in.") from None
 
 
+def _real_or_stand_in(name: str, folder: str, size_note: str, *, has_real, make_real,
+                      make_stand_in, unit: str, train: bool, source: str, root, size,
+                      download: bool, verbose: bool, timeout: float):
+    """The chooser behind :func:`cifar10` and :func:`mnist` (see cifar10's docstring)."""
+    if source not in ("auto", "real", "synthetic"):
+        raise NoteError(f"--data {source}: expected auto, real or synthetic")
+    root = Path(root) if root is not None else data_root()
+    split = "train" if train else "test"
+    if source == "real" or (source == "auto" and (has_real(root) or download)):
+        if not has_real(root) and not download:
+            raise NoteError(
+                f"--data real: {name} is not under {root}/{folder}. Fetch it with --download "
+                f"({size_note}), or use --data synthetic for the built-in stand-in.")
+        ds = _call_torchvision(name, lambda: make_real(str(root)), root, download, timeout)
+        if size is not None and size < len(ds):
+            ds.data, ds.targets = ds.data[:size], ds.targets[:size]
+        if verbose:
+            print(f"data: real {name} from {root} ({split}, {len(ds)} images)")
+        return ds
+    ds = make_stand_in()
+    if verbose:
+        print(f"data: built-in {name}-shaped stand-in ({len(ds)} {split} {unit}, no download); "
+              f"for real {name} add --download or see data/README.md")
+    return ds
+
+
 def _has_real_cifar10(root: Path) -> bool:
     return (Path(root) / "cifar-10-batches-py" / "batches.meta").is_file()
 
@@ -263,32 +289,15 @@ def cifar10(train: bool = True, transform=None, *, source: str = "auto",
     ``download`` fetches it with torchvision (progress bar; ``timeout`` seconds per stalled
     socket operation); a failed download raises NoteError saying why and what to do.
     """
-    if source not in ("auto", "real", "synthetic"):
-        raise NoteError(f"--data {source}: expected auto, real or synthetic")
-    root = Path(root) if root is not None else data_root()
-    use_real = source == "real" or (source == "auto" and (_has_real_cifar10(root) or download))
-    if use_real:
-        if not _has_real_cifar10(root) and not download:
-            raise NoteError(
-                f"--data real: CIFAR-10 is not under {root}/cifar-10-batches-py. Fetch it with "
-                f"--download (about 170 MB), or use --data synthetic for the built-in stand-in.")
-        from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10
 
-        ds = _call_torchvision(
-            "CIFAR-10", lambda: CIFAR10(str(root), train=train, transform=transform,
-                                        download=download),
-            root, download, timeout)
-        if size is not None and size < len(ds):
-            ds.data, ds.targets = ds.data[:size], ds.targets[:size]
-        if verbose:
-            print(f"data: real CIFAR-10 from {root} ({'train' if train else 'test'}, "
-                  f"{len(ds)} images)")
-        return ds
-    ds = SyntheticCIFAR10(train=train, transform=transform, size=size, seed=seed)
-    if verbose:
-        print(f"data: built-in CIFAR-shaped stand-in ({len(ds)} {'train' if train else 'test'} "
-              f"images, no download); for real CIFAR-10 add --download or see data/README.md")
-    return ds
+    return _real_or_stand_in(
+        "CIFAR-10", "cifar-10-batches-py", "about 170 MB", has_real=_has_real_cifar10,
+        make_real=lambda r: CIFAR10(r, train=train, transform=transform, download=download),
+        make_stand_in=lambda: SyntheticCIFAR10(train=train, transform=transform, size=size,
+                                               seed=seed),
+        unit="images", train=train, source=source, root=root, size=size, download=download,
+        verbose=verbose, timeout=timeout)
 
 
 def cifar10_batch(args: argparse.Namespace, n: int, *, train: bool = False,
@@ -427,32 +436,15 @@ def mnist(train: bool = True, transform=None, *, source: str = "auto",
 
     Same choices as :func:`cifar10`.
     """
-    if source not in ("auto", "real", "synthetic"):
-        raise NoteError(f"--data {source}: expected auto, real or synthetic")
-    root = Path(root) if root is not None else data_root()
-    use_real = source == "real" or (source == "auto" and (_has_real_mnist(root) or download))
-    if use_real:
-        if not _has_real_mnist(root) and not download:
-            raise NoteError(
-                f"--data real: MNIST is not under {root}/MNIST/raw. Fetch it with --download "
-                f"(about 12 MB), or use --data synthetic for the built-in stand-in.")
-        from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST
 
-        ds = _call_torchvision(
-            "MNIST", lambda: MNIST(str(root), train=train, transform=transform,
-                                   download=download),
-            root, download, timeout)
-        if size is not None and size < len(ds):
-            ds.data, ds.targets = ds.data[:size], ds.targets[:size]
-        if verbose:
-            print(f"data: real MNIST from {root} ({'train' if train else 'test'}, "
-                  f"{len(ds)} images)")
-        return ds
-    ds = SyntheticMNIST(train=train, transform=transform, size=size, seed=seed)
-    if verbose:
-        print(f"data: built-in MNIST-shaped stand-in ({len(ds)} {'train' if train else 'test'} "
-              f"digits, no download); for real MNIST add --download or see data/README.md")
-    return ds
+    return _real_or_stand_in(
+        "MNIST", "MNIST/raw", "about 12 MB", has_real=_has_real_mnist,
+        make_real=lambda r: MNIST(r, train=train, transform=transform, download=download),
+        make_stand_in=lambda: SyntheticMNIST(train=train, transform=transform, size=size,
+                                             seed=seed),
+        unit="digits", train=train, source=source, root=root, size=size, download=download,
+        verbose=verbose, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
