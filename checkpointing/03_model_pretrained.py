@@ -126,7 +126,8 @@ def main(argv=None) -> dict:
     added = step_2_add_module(vgg, x)
     replaced = step_3_replace_layer(vgg, x)
     counts = step_4_freeze_features(vgg, x)
-    print(f"summary: pretrained={pretrained}; both heads give {added[1]} classes; "
+    weights = "ImageNet weights" if pretrained else "random weights (no cached ImageNet file)"
+    print(f"summary: {weights}; both heads give {added[1]} classes; "
           f"{counts['trainable']:,} of {counts['trainable'] + counts['frozen']:,} "
           f"parameters train")
     return dict(pretrained=pretrained, add_module_shape=added, replaced_shape=replaced, **counts)
