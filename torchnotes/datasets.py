@@ -164,13 +164,14 @@ def _make_shapes(n: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(images).numpy(), torch.cat(labels).numpy()
 
 
-class SyntheticCIFAR10(Dataset):
-    """A CIFAR-10-shaped stand-in with the same API as ``torchvision.datasets.CIFAR10``.
+class _StandIn(Dataset):
+    """What the stand-ins share: a torchvision dataset's API over images made from a seed.
 
-    ``data`` is uint8 ``(N, 32, 32, 3)``, ``targets`` a list of ints, ``classes`` ten names;
-    ``__getitem__`` returns ``(PIL image, label)`` passed through ``transform``. The train and
-    test splits are drawn from different seeds, so the test split is really held out.
+    Subclasses set ``classes`` and implement ``_generate(n, seed)`` (filling ``data`` and
+    ``targets``) and ``_item(index)`` (returning ``(PIL image, int label)``).
     """
+
+    classes: list[str]
 
     def __init__(self, train: bool = True, transform=None, target_transform=None,
                  size: int | None = None, seed: int = 0):
@@ -180,30 +181,48 @@ class SyntheticCIFAR10(Dataset):
         n = size if size is not None else (10_000 if train else 2_000)
         if n <= 0:
             raise ValueError(f"size={n}: a dataset needs at least one image")
-        self.data, labels = make_shapes(n, seed=2 * seed + (0 if train else 1))
-        self.targets = labels.tolist()
-        self.classes = list(SHAPE_CLASSES)
+        self._generate(n, seed=2 * seed + (0 if train else 1))   # the splits never overlap
+        self.classes = list(self.classes)                          # this instance's own copy
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        img, target = Image.fromarray(self.data[index]), self.targets[index]
+        img, target = self._item(index)
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
 
+    def __repr__(self) -> str:
+        split = "train" if self.train else "test"
+        name, count = type(self).__name__, len(self.classes)
+        return f"{name}(split={split}, size={len(self)}, classes={count})"
+
+
+class SyntheticCIFAR10(_StandIn):
+    """A CIFAR-10-shaped stand-in with the same API as ``torchvision.datasets.CIFAR10``.
+
+    ``data`` is uint8 ``(N, 32, 32, 3)``, ``targets`` a list of ints, ``classes`` ten names;
+    ``__getitem__`` returns ``(PIL image, label)`` passed through ``transform``. The train and
+    test splits are drawn from different seeds, so the test split is really held out.
+    """
+
+    classes = list(SHAPE_CLASSES)
+
+    def _generate(self, n: int, seed: int) -> None:
+        self.data, labels = make_shapes(n, seed=seed)
+        self.targets = labels.tolist()
+
+    def _item(self, index: int):
+        return Image.fromarray(self.data[index]), self.targets[index]
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images as float ``(N, 3, 32, 32)`` in [0,1] and labels ``(N,)``, no transform."""
         x = torch.from_numpy(self.data).permute(0, 3, 1, 2).float().div_(255)
         return x, torch.tensor(self.targets)
-
-    def __repr__(self) -> str:
-        split = "train" if self.train else "test"
-        return f"SyntheticCIFAR10(split={split}, size={len(self)}, classes={len(self.classes)})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +401,7 @@ def _make_digits(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(images), torch.cat(labels)
 
 
-class SyntheticMNIST(Dataset):
+class SyntheticMNIST(_StandIn):
     """An MNIST-shaped stand-in with the same API as ``torchvision.datasets.MNIST``.
 
     ``data`` is a uint8 tensor ``(N, 28, 28)``, ``targets`` an int64 tensor ``(N,)``,
@@ -390,37 +409,18 @@ class SyntheticMNIST(Dataset):
     int label)`` passed through ``transform``. Train and test use different seeds.
     """
 
-    def __init__(self, train: bool = True, transform=None, target_transform=None,
-                 size: int | None = None, seed: int = 0):
-        self.train = train
-        self.transform = transform
-        self.target_transform = target_transform
-        n = size if size is not None else (10_000 if train else 2_000)
-        if n <= 0:
-            raise ValueError(f"size={n}: a dataset needs at least one image")
-        self.data, self.targets = make_digits(n, seed=2 * seed + (0 if train else 1))
-        self.classes = list(MNIST_CLASSES)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+    classes = list(MNIST_CLASSES)
 
-    def __len__(self) -> int:
-        return len(self.targets)
+    def _generate(self, n: int, seed: int) -> None:
+        self.data, self.targets = make_digits(n, seed=seed)
 
-    def __getitem__(self, index: int):
+    def _item(self, index: int):
         img = Image.fromarray(self.data[index].numpy())          # (28, 28) uint8 -> mode "L"
-        target = int(self.targets[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
+        return img, int(self.targets[index])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images as float ``(N, 1, 28, 28)`` in [0,1] and labels ``(N,)``, no transform."""
         return self.data[:, None].float().div_(255), self.targets.clone()
-
-    def __repr__(self) -> str:
-        split = "train" if self.train else "test"
-        return f"SyntheticMNIST(split={split}, size={len(self)}, classes={len(self.classes)})"
 
 
 def _has_real_mnist(root: Path) -> bool:
