@@ -86,7 +86,7 @@ def step_5_fit_a_line(device: torch.device, n_points: int, steps: int, lr: float
         losses.append(loss.item())
     print(f"fitted w = {w.item():.3f}, b = {b.item():.3f} after {steps} steps "
           f"(loss {losses[0]:.3f} -> {losses[-1]:.4f})")
-    check("the loss went down", losses[-1] < 0.1 * losses[0],
+    check("the loss fell below a tenth of its first value", losses[-1] < 0.1 * losses[0],
           detail=f"{losses[0]:.3f} -> {losses[-1]:.4f}")
     # Noise 0.05 on N points: the least-squares fit is within a few hundredths of the truth.
     check("fitted (w, b) recovers the true (2, 1)", torch.stack([w, b]),

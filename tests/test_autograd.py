@@ -196,3 +196,14 @@ def test_08_device_mismatch_is_caught(note, monkeypatch):
                         + (1e-3 if x.dtype == torch.float32 else 0.0))
     with pytest.raises(ClaimError, match="float64 on the CPU"):
         mod.step_7_same_result_on_device(CPU, n=8)
+
+
+def test_02_claims_fail_when_the_lesson_is_broken(note):
+    mod = note("autograd/02_autograd_basics.py")
+    cpu = torch.device("cpu")
+    # lr = 0: nothing is learned, so the loss claim must not pass.
+    with pytest.raises(ClaimError, match="the loss fell below a tenth"):
+        mod.step_5_fit_a_line(cpu, n_points=16, steps=5, lr=0.0)
+    # Too few steps to reach (2, 1): the recovery claim must fail even though the loss falls.
+    with pytest.raises(ClaimError, match=r"recovers the true \(2, 1\)"):
+        mod.step_5_fit_a_line(cpu, n_points=16, steps=20, lr=0.1)
