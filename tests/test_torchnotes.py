@@ -72,7 +72,10 @@ def test_default_out_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHNOTES_RUNS", str(tmp_path))
     assert torchnotes.default_out_dir("x/autograd/02_a.py") == tmp_path / "autograd" / "02_a"
     monkeypatch.delenv("TORCHNOTES_RUNS")
-    assert str(torchnotes.default_out_dir("autograd/02_a.py")) == "runs/autograd/02_a"
+    script = REPO_ROOT / "autograd" / "02_a.py"
+    assert torchnotes.default_out_dir(script) == REPO_ROOT / "runs" / "autograd" / "02_a"
+    monkeypatch.chdir(tmp_path)                   # the default does not follow the cwd
+    assert torchnotes.default_out_dir(script) == REPO_ROOT / "runs" / "autograd" / "02_a"
 
 
 def test_bad_device_flag_exits_with_usage_error(capsys):

@@ -27,9 +27,13 @@ class NoteError(SystemExit):
 
 
 def default_out_dir(script: str | os.PathLike) -> Path:
-    """``runs/<topic>/<script stem>``; ``TORCHNOTES_RUNS`` moves the ``runs`` root."""
-    path = Path(script)
-    root = Path(os.environ.get(RUNS_ENV_VAR) or "runs")
+    """``<repo>/runs/<topic>/<script stem>``; ``TORCHNOTES_RUNS`` moves the ``runs`` root.
+
+    The root sits beside the topic folders (git-ignored), wherever the script is run from, so
+    a run never writes into the current directory.
+    """
+    path = Path(script).resolve()
+    root = Path(os.environ.get(RUNS_ENV_VAR) or path.parent.parent / "runs")
     return root / path.parent.name / path.stem
 
 
