@@ -8,7 +8,8 @@ Claims proven:
   2. The hand-derived gradients equal autograd's ``backward()`` at random ``(w, b)``.
   3. Gradient descent with the hand gradients fits noisy ``y = 2x + 1``: the loss goes down
      and ``(w, b)`` reaches ``(2, 1)``.
-  4. The same descent driven by autograd's gradients follows the same path (same final w, b).
+  4. The same descent driven by autograd's gradients follows the same path: the loss agrees
+     at every step, and so does the final ``(w, b)``.
 
 Run:  python autograd/01_manual_gradient.py        (about 1 s on a laptop CPU)
 """
@@ -126,12 +127,17 @@ def step_3_fit_with_hand_gradients(device, n_points: int, steps: int, lr: float)
 def step_4_autograd_follows_the_same_path(device, n_points: int, steps: int, lr: float,
                                           hand: dict) -> dict:
     x, y = make_data(n_points, device)
-    w_a, b_a, _ = descend(x, y, steps, lr, autograd_gradients(x, y))
-    print(f"autograd gradients: w = {w_a.item():.3f}, b = {b_a.item():.3f}")
-    # Identical updates up to float32 rounding, which can drift by a few ulps over the steps.
+    w_a, b_a, losses = descend(x, y, steps, lr, autograd_gradients(x, y))
+    print(f"autograd gradients: w = {w_a.item():.3f}, b = {b_a.item():.3f} "
+          f"(loss {losses[0]:.3f} -> {losses[-1]:.4f})")
+    # Identical updates up to float32 rounding: the losses are O(1) (at most ~2.5), where an
+    # ulp is ~2e-7, so a few ulps of drift over the steps stays under 1e-6.
+    check(f"descent with autograd's gradients has the same loss at all {steps} steps",
+          losses, hand["losses"], atol=1e-6)
+    # w, b (~2 and ~1) accumulate every step's rounding: a few ulps of 2 is ~1e-6; 1e-5.
     check("descent with autograd's gradients ends at the same (w, b)",
           torch.stack([w_a, b_a]), torch.tensor([hand["w"], hand["b"]]), atol=1e-5)
-    return {"w": w_a.item(), "b": b_a.item()}
+    return {"w": w_a.item(), "b": b_a.item(), "losses": losses}
 
 
 def main(argv=None) -> dict:

@@ -40,6 +40,8 @@ def step_1_tensor_hook_sees_gradient(device: torch.device, batch: int) -> torch.
     (h * c).sum().backward()                    # L = sum(c * x^2): dL/dh = c, dL/dx = 2xc
     check("the hook ran once, during backward()", len(seen) == 1, detail=f"{len(seen)} call(s)")
     print(f"hook at h saw dL/dh = {seen[0][:4].cpu().numpy().round(3)} ...")
+    # dL/dh is c itself (no arithmetic): 1e-6 is slack. 2xc for randn x, c is O(1-10) in
+    # float32 and autograd multiplies in another order (c * 2x): a few ulps, under 1e-5.
     check("the gradient the hook saw == dL/dh == c (closed form)", seen[0], c, atol=1e-6)
     check("and x.grad == 2 x c as usual", x.grad, 2 * x.detach() * c, atol=1e-5)
     return seen[0]
@@ -52,6 +54,8 @@ def step_2_tensor_hook_rescales(device: torch.device, batch: int) -> torch.Tenso
     h.register_hook(lambda grad: grad * SCALE)  # returns a tensor: it replaces dL/dh
     (h * c).sum().backward()
     print(f"hook returns grad * {SCALE}: x.grad[:4] = {x.grad[:4].cpu().numpy().round(3)}")
+    # As in step 1: float32 products of O(1) randn values in another order (scaling by 0.5 is
+    # exact): a few ulps of values up to ~10, under 1e-5.
     return check(f"x.grad == {SCALE} * 2 x c: the rescaled gradient flowed on to the leaf",
                  x.grad, SCALE * 2 * x.detach() * c, atol=1e-5)
 
@@ -91,6 +95,8 @@ def step_4_backward_hook_and_removal(device, batch: int, d_in: int, hidden: int,
           f"grad_input {tuple(grad_in.shape)}")
     check("grad_output has the layer's output shape (B, d_out) and grad_input its input shape "
           "(B, hidden)", grad_out.shape == (batch, d_out) and grad_in.shape == (batch, hidden))
+    # dL/dout = 0.5 * 2 * out: exact in float32, so 1e-6 is slack. grad_input is a float32
+    # matmul over d_out <= 4 terms of O(1) values, maybe summed in another order: ~1e-7 << 1e-5.
     check("grad_output == dL/d(out) == out (closed form)", grad_out, out.detach(), atol=1e-6)
     # out = a W2^T + b2  =>  dL/da = dL/dout @ W2.
     check("grad_input == grad_output @ W2", grad_in, grad_out @ model[2].weight.detach(),

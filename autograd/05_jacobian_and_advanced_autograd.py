@@ -12,8 +12,9 @@ Claims proven, for ``f(x) = A tanh(x)`` (R^n -> R^m) and ``h(x) = x^T Q x / 2 + 
   3. JVP ``J u`` by the double-VJP trick equals ``J u``, forward-mode ``torch.func.jvp`` and
      ``torch.autograd.functional.jvp``.
   4. Hessian by hand (gradient with ``create_graph=True``, then one more ``grad`` per entry)
-     equals the closed form ``(Q + Q^T)/2 - diag(sin x)``, ``torch.func.hessian`` and
-     ``torch.autograd.functional.hessian``, and is symmetric.
+     is symmetric, as mixed partials of a smooth function must be, and equals the closed form
+     ``(Q + Q^T)/2 - diag(sin x)``, ``torch.func.hessian`` and
+     ``torch.autograd.functional.hessian``.
   5. ``vmap(jacrev(f))`` gives every per-sample Jacobian of a batch at once, equal to a loop.
 
 Run:  python autograd/05_jacobian_and_advanced_autograd.py        (about 2 s on a laptop CPU)
@@ -136,11 +137,15 @@ def step_4_hessian(p: dict) -> torch.Tensor:
     h, x = p["h"], p["x"]
     H = hessian_by_hand(h, x)
     print(f"Hessian by hand, shape {tuple(H.shape)}, {p['n'] + 1} backward passes")
+    # Row i is d(dh/dx_i)/dx, a separate backward pass per row, so H[i, j] and H[j, i] come
+    # from different passes. They must agree: for a smooth h the mixed partials commute
+    # (Schwarz). Checked first, as it needs no closed form (the symmetric closed form below
+    # would imply it). Values are float32 O(1): summed in another order, ~1e-7 << ATOL.
+    check("the Hessian by hand is symmetric (mixed partials commute)", H, H.T, atol=ATOL)
     check("Hessian by hand == (Q + Q^T)/2 - diag(sin x) (closed form)", H, p["H"](x), atol=ATOL)
     check("== torch.func.hessian", H, hessian(h)(x), atol=ATOL)
     check("== torch.autograd.functional.hessian", H,
           torch.autograd.functional.hessian(h, x), atol=ATOL)
-    check("the Hessian is symmetric", H, H.T, atol=ATOL)
     return H
 
 

@@ -81,6 +81,8 @@ def step_1_accumulation(device, micro_batch: int, k: int, d_in: int, hidden: int
 
     after_big = params_after_sgd_step(model, lambda m: full_batch_gradient(m, x, y))
     after_acc = params_after_sgd_step(model, lambda m: accumulated_gradient(m, x, y, k))
+    # Parameters are O(1) in float32 (an ulp ~1e-7); the two gradients differ by ~1e-7 and
+    # lr = 0.1 shrinks that: the updated parameters agree to an ulp or two, under 1e-6.
     check("one SGD step after accumulation == one step on the big batch", after_acc, after_big,
           atol=1e-6)
     return err
@@ -96,12 +98,16 @@ def step_2_clipping(device, d_in: int, hidden: int, max_norm: float = 1.0) -> di
     after = grads_of(model)
     print(f"total grad norm: by hand {by_hand:.3f}, returned {returned:.3f}, "
           f"after clipping {after.norm():.4f} (max_norm={max_norm})")
+    # Both are float32 norms of the same numbers, summed in another order (clip_grad_norm_
+    # takes a norm per parameter, then the norm of those): ~1e-7 relative, so rtol 1e-5.
     check("clip_grad_norm_ returns the pre-clip norm == sqrt(sum of squared grads)",
           returned, by_hand, rtol=1e-5)
     # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6), so it lands just under max_norm;
     # recomputing the norm in float32 may round up by an ulp or two, hence the 1e-6 slack.
     check(f"after clipping the total norm is <= max_norm = {max_norm}",
           after.norm().item() <= max_norm * (1 + 1e-6), detail=f"{after.norm().item():.7f}")
+    # The same float32 scaling of each gradient, the factor maybe rounded differently:
+    # clipped gradients are below 1, so an ulp is under 1e-7 and 1e-6 is ample.
     check("clipping only rescales: grads == before * max_norm / (norm + 1e-6)", after,
           before * max_norm / (by_hand + 1e-6), atol=1e-6)
     return {"pre_clip_norm": returned.item(), "post_clip_norm": after.norm().item()}

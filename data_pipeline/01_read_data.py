@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision.datasets import ImageFolder
 
-from torchnotes import NoteError, check, make_parser, start
+from torchnotes import NoteError, check, check_raises, make_parser, start
 from torchnotes.datasets import (
     add_data_args,
     data_source,
@@ -118,16 +118,8 @@ def step_4_same_as_imagefolder(root_dir: Path) -> int:
 
 
 def step_5_wrong_folder_is_a_clear_error(root_dir: Path) -> str:
-    try:
-        MyData(root_dir, "wasps")
-    except NoteError as err:
-        message = str(err)
-    else:
-        message = ""
-    print(f"MyData(root, 'wasps') -> NoteError: {message[:90]}...")
-    check("a missing class folder raises NoteError naming the path",
-          str(root_dir / "wasps") in message)
-    return message
+    return check_raises("a missing class folder raises NoteError naming the path", NoteError,
+                        MyData, root_dir, "wasps", match=str(root_dir / "wasps"))
 
 
 def main(argv=None) -> dict:

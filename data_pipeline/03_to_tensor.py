@@ -7,8 +7,10 @@ splits it into two explicit steps: ``ToImage`` (layout) and ``ToDtype(scale=True
 Claims proven:
   1. ``ToTensor()(PIL image)`` is ``(3, H, W)`` float32 in [0, 1] and equals
      ``np.asarray(img).transpose(2, 0, 1) / 255`` element-wise (NumPy is the oracle).
-  2. A NumPy ``(H, W, 3)`` uint8 array (what OpenCV's ``cv2.imread`` returns, in BGR order)
-     gives the same tensor as the PIL image.
+  2. ``ToTensor`` also takes a NumPy ``(H, W, 3)`` uint8 array, the layout ``cv2.imread``
+     returns; but OpenCV stores BGR, so such an array gives the channels reversed
+     (``ToTensor(bgr) == ToTensor(img).flip(0)``) until converted to RGB first with
+     ``cv2.cvtColor(a, cv2.COLOR_BGR2RGB)`` or ``a[..., ::-1].copy()``.
   3. ``v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])`` gives the same
      tensor (within one float32 rounding), while ``v2.ToImage()`` alone keeps uint8 values.
   4. The pitfall: ``ToTensor`` divides by 255 only for uint8 input; a float array stays as is.
@@ -48,12 +50,18 @@ def step_1_to_tensor_vs_numpy(img: Image.Image) -> torch.Tensor:
 
 
 def step_2_numpy_array_input(img: Image.Image, tensor_img: torch.Tensor) -> torch.Tensor:
-    array = np.array(img)                    # (H, W, 3) uint8, like cv2.imread (a writable copy)
-    from_array = transforms.ToTensor()(array)
-    print(f"NumPy array: shape {array.shape}, dtype {array.dtype} -> "
-          f"tensor {tuple(from_array.shape)}")
-    check("ToTensor(ndarray HWC uint8) == ToTensor(PIL image)", from_array, tensor_img)
-    return from_array
+    rgb = np.array(img)                                  # (H, W, 3) uint8, channels R, G, B
+    bgr = rgb[..., ::-1].copy()      # what cv2.imread would give for this file: B, G, R
+    from_bgr = transforms.ToTensor()(bgr)                # (3, H, W), channel 0 is blue
+    # The fix: cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), or in NumPy a reversed (copied) last axis.
+    from_converted = transforms.ToTensor()(bgr[..., ::-1].copy())
+    print(f"BGR array: shape {bgr.shape}, dtype {bgr.dtype} -> tensor {tuple(from_bgr.shape)}; "
+          f"max |BGR tensor - RGB tensor| = {(from_bgr - tensor_img).abs().max():.3f}")
+    check("ToTensor(BGR HWC uint8 array) has the channels reversed: == ToTensor(img).flip(0)",
+          from_bgr, tensor_img.flip(0))
+    check("converted to RGB first, the array gives exactly ToTensor(PIL image)",
+          from_converted, tensor_img)
+    return from_converted
 
 
 def step_3_v2_api(img: Image.Image, tensor_img: torch.Tensor) -> torch.Tensor:

@@ -83,9 +83,10 @@ def step_3_normalize_with_data_stats(test, m: int) -> dict:
                                          transforms.Normalize(mean.tolist(), std.tolist())])
     x = torch.stack([test[i][0] for i in range(m)])                   # (m, 3, 32, 32)
     got = torch.stack([x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3), correction=0)])
-    # float32 statistics over m * 1024 values per channel: accurate to about 1e-5.
+    # float32 statistics over m * 1024 values per channel, which PyTorch sums pairwise: the
+    # error stays ~1e-7 (measured 7e-8 on the stand-in); 1e-5 leaves a wide margin.
     check("after Normalize with the data's own mean/std: channel means 0, stds 1", got,
-          torch.tensor([[0.0] * 3, [1.0] * 3]), atol=1e-3)
+          torch.tensor([[0.0] * 3, [1.0] * 3]), atol=1e-5)
     test.transform = transforms.ToTensor()                            # back for the preview
     return {"mean": mean.tolist(), "std": std.tolist()}
 

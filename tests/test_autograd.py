@@ -3,7 +3,6 @@ PyTorch, and proof that their claims can really fail (a broken piece raises Clai
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -185,17 +184,32 @@ def test_shares_memory(note):
     t = torch.arange(6)
     assert mod.shares_memory(t, t.view(2, 3)) and mod.shares_memory(t, t[2:])
     assert not mod.shares_memory(t, t.clone())
-    assert np.shares_memory(t.numpy(), t.numpy())
+    assert mod.shares_memory(t, torch.from_numpy(t.numpy()))         # both ways share
+    assert not mod.shares_memory(t, torch.tensor(t.numpy()))         # torch.tensor copies
 
 
-def test_08_device_mismatch_is_caught(note, monkeypatch):
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+@pytest.mark.parametrize("shift", ["absolute", "relative"])
+def test_08_device_mismatch_is_caught(note, monkeypatch, device_type, shift):
     mod = note("autograd/08_tensor_operations_and_gpu.py")
-    right = mod.compute
-    # A "device" path that is off by 1e-3 must not pass as equal.
-    monkeypatch.setattr(mod, "compute", lambda x, w: right(x, w)
-                        + (1e-3 if x.dtype == torch.float32 else 0.0))
+    right, right_tolerance = mod.compute, mod.tolerance
+    # The check runs on the CPU here, but with the tolerance the script would use on
+    # device_type (tolerance() needs no GPU), so the GPU tolerance is proven tight enough too.
+    monkeypatch.setattr(mod, "tolerance",
+                        lambda device: right_tolerance(torch.device(device_type)))
+    n = 8 if shift == "absolute" else 256
+
+    def off_by_1e_3(x, w):           # a "device" path off by 1e-3 (absolute or relative)
+        out = right(x, w)
+        if x.dtype != torch.float32:
+            return out
+        return out + 1e-3 if shift == "absolute" else out * (1 + 1e-3)
+
+    err = mod.step_7_same_result_on_device(CPU, n=n)                      # unbroken: passes
+    assert err <= right_tolerance(torch.device(device_type))
+    monkeypatch.setattr(mod, "compute", off_by_1e_3)
     with pytest.raises(ClaimError, match="float64 on the CPU"):
-        mod.step_7_same_result_on_device(CPU, n=8)
+        mod.step_7_same_result_on_device(CPU, n=n)
 
 
 def test_02_claims_fail_when_the_lesson_is_broken(note):
