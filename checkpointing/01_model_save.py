@@ -7,8 +7,9 @@ loads under ``torch.load``'s safe default (``weights_only=True``), it does not c
 class lived when it was saved, and any code that builds the same layers can use it.
 
 Claims proven:
-  1. Both files hold the same weights; their sizes differ only by the pickled structure,
-     and the state_dict file round-trips exactly into a freshly built model.
+  1. Both files hold the same weights (the whole-model file, loaded with its classes
+     allowlisted, has the state_dict file's keys and tensors exactly); their sizes differ only
+     by the pickled structure, and the state_dict file round-trips exactly into a fresh model.
   2. The whole-model file names its classes by import path and carries no code; the
      state_dict file names no class at all.
   3. The custom-class trap, for real: a program in a project folder saves a model whose
@@ -101,6 +102,14 @@ def step_1_save_both_ways(out_dir: Path, overwrite: bool, device: torch.device,
     saved = model.state_dict()
     check("the state_dict file holds exactly the saved tensors",
           loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved))
+    # The whole file names classes, so the safe default needs them allowlisted (02 explains
+    # safe_globals): exactly the classes this model is built from, and nothing else.
+    with torch.serialization.safe_globals(list({type(m) for m in model.modules()})):
+        from_whole = torch.load(whole, map_location=device).state_dict()
+    check("both files hold the same weights: same keys, every tensor equal",
+          from_whole.keys() == loaded.keys()
+          and all(torch.equal(from_whole[k], loaded[k]) for k in loaded),
+          detail=f"{len(from_whole)} tensors each")
     fresh = build_model().to(device).eval()   # rebuild from code, then pour the weights in
     fresh.load_state_dict(loaded)
     x = torch.randn(batch, 3, 64, 64, device=device)

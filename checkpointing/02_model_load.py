@@ -17,7 +17,9 @@ Claims proven:
      "checkpoint" made by a stranger runs its own code (here: a harmless ``print``), which the
      default refuses to do.
   5. ``map_location`` puts every tensor on the device you ask for, whatever it was saved from;
-     pass it every time, so a file saved on a GPU loads on a CPU-only machine.
+     pass it every time, so a file saved on a GPU loads on a CPU-only machine. Shown for the
+     CPU, the selected device, and ``"meta"`` (shapes and dtypes only, no data: a way to
+     inspect a checkpoint without allocating its memory), so it moves tensors even on a CPU.
 
 Files: it loads what ``checkpointing/01_model_save.py`` saved in the same --out-dir (the same
 default folder); if they are not there it makes its own in ``<out-dir>/made_by_02``.
@@ -109,8 +111,11 @@ def step_2_state_dict_way(whole: Path, state: Path, device: torch.device) -> nn.
           all(torch.equal(mine[k], tensors[k]) for k in tensors) and mine.keys() == tensors.keys())
     with torch.serialization.safe_globals(TRUSTED):     # only to compare the two files
         other = torch.load(whole, map_location=device).state_dict()
+    # Key sets first: a missing or extra tensor fails the claim (and `and` stops before [k]).
     check("the whole-model file holds the same weights as the state_dict file",
-          all(torch.equal(other[k], tensors[k]) for k in tensors))
+          other.keys() == tensors.keys()
+          and all(torch.equal(other[k], tensors[k]) for k in tensors),
+          detail=f"{len(other)} vs {len(tensors)} tensors")
     return model
 
 
@@ -152,21 +157,29 @@ def step_4_full_unpickler_runs_code(whole: Path, device: torch.device) -> dict:
 
 def step_5_map_location(model: nn.Module, device: torch.device) -> list[str]:
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)              # saved from `device`
+    saved = model.state_dict()
+    torch.save(saved, buffer)                           # saved from `device`
     placed = []
-    targets = ["cpu"] if device.type == "cpu" else ["cpu", device]
+    # "meta" holds no data, so it moves every tensor off `device` even on a CPU-only machine.
+    targets = ["cpu", "meta"] if device.type == "cpu" else ["cpu", device, "meta"]
     if device.type == "cpu":
-        print("(no GPU selected: with --device cuda this saves from the GPU and loads on both)")
+        print("(no GPU selected: with --device cuda this also saves from the GPU and loads there)")
     for target in targets:
         buffer.seek(0)
         loaded = torch.load(buffer, map_location=target)
         where = sorted({str(t.device) for t in loaded.values()})
         placed.append(",".join(where))
         print(f"saved from {device}, map_location={str(target)!r}: tensors on {where}")
+        same_keys = loaded.keys() == saved.keys()
+        if str(target) == "meta":                       # no values to compare: only shapes
+            check("map_location='meta' put every tensor on meta, shapes and dtypes unchanged",
+                  where == ["meta"] and same_keys
+                  and all(loaded[k].shape == v.shape and loaded[k].dtype == v.dtype
+                          for k, v in saved.items()))
+            continue
         check(f"map_location={str(target)!r} put every tensor there, values unchanged",
-              where == [str(torch.empty(0, device=target).device)]
-              and all(torch.equal(v.cpu(), model.state_dict()[k].cpu())
-                      for k, v in loaded.items()))
+              where == [str(torch.empty(0, device=target).device)] and same_keys
+              and all(torch.equal(loaded[k].cpu(), v.cpu()) for k, v in saved.items()))
     return placed
 
 

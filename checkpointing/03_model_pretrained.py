@@ -17,11 +17,13 @@ Claims proven:
      parameter without a gradient, and the trainable count is the classifier's, by formula.
 
 Offline there are no weights: if ``VGG16_Weights.IMAGENET1K_V1`` is in torch hub's cache it is
-used, otherwise the note says so and continues with random weights (``--download`` fetches
-528 MB). VGG16 ends in an adaptive pool, so any input of at least 32x32 works; smoke mode uses
-32x32 images to stay fast.
+used, otherwise the note says so and continues with random weights. ``--download`` fetches
+528 MB into that cache (``$TORCH_HOME/hub/checkpoints``, by default
+``~/.cache/torch/hub/checkpoints``; the note prints the full path first); a connection that
+stalls for a minute fails with the reason and what to do. VGG16 ends in an adaptive pool, so
+any input of at least 32x32 works; smoke mode uses 32x32 images to stay fast.
 
-Run:  python checkpointing/03_model_pretrained.py      (about 10 s on a laptop CPU)
+Run:  python checkpointing/03_model_pretrained.py      (about 5 s on a laptop CPU)
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from torchnotes import check, make_parser, start
+from torchnotes import NoteError, check, make_parser, start
+from torchnotes.datasets import DOWNLOAD_TIMEOUT_S, short_reason, socket_timeout
 
 FULL = dict(image_size=224, batch=2)      # the size VGG16 was trained on
 SMOKE = dict(image_size=32, batch=2)      # smallest input the five max-pools allow
@@ -46,13 +49,35 @@ def cached_weights_file(weights=WEIGHTS) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
+def load_pretrained(cached: Path, download: bool) -> nn.Module:
+    """``vgg16(weights=WEIGHTS)``: reads ``cached``, or downloads it there; failures explained."""
+    was_cached = cached.is_file()
+    if was_cached:
+        print(f"ImageNet weights: cached at {cached}")
+    else:
+        print(f"ImageNet weights: downloading 528 MB from {WEIGHTS.url}\n  into {cached} "
+              f"(a connection silent for {DOWNLOAD_TIMEOUT_S:.0f} s fails)")
+    try:
+        with socket_timeout(DOWNLOAD_TIMEOUT_S):   # bounds every connect and read
+            return vgg16(weights=WEIGHTS, progress=download)
+    except Exception as err:  # network and file errors come in many types; all mean the same
+        if was_cached:
+            raise NoteError(f"could not read the cached weights {cached} "
+                            f"({short_reason(err)}). The file may be damaged: delete it and "
+                            f"run again with --download, or delete it and run without "
+                            f"--download for random weights.") from None
+        raise NoteError(f"could not download the VGG16 weights into {cached} "
+                        f"({short_reason(err)}). "
+                        f"Check the internet connection (or proxy) and run again with "
+                        f"--download, or run without --download to continue with random "
+                        f"weights.") from None
+
+
 def step_1_build(download: bool, device: torch.device) -> tuple[nn.Module, bool]:
     cached = cached_weights_file()
     pretrained = cached.is_file() or download
     if pretrained:                            # torchvision reads the cache, or downloads
-        where = f"cached at {cached}" if cached.is_file() else "not cached: downloading"
-        print(f"ImageNet weights: {where}")
-        vgg = vgg16(weights=WEIGHTS, progress=download)
+        vgg = load_pretrained(cached, download)
     else:
         print(f"no cached weights at {cached}: using random weights "
               f"(--download fetches them, 528 MB)")
@@ -118,7 +143,8 @@ def step_4_freeze_features(vgg: nn.Module, x: torch.Tensor) -> dict:
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     parser.add_argument("--download", action="store_true",
-                        help="download the ImageNet weights (528 MB) if they are not cached")
+                        help="download the ImageNet weights (528 MB) into torch hub's cache "
+                             "($TORCH_HOME/hub/checkpoints) if they are not there")
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
     vgg, pretrained = step_1_build(args.download, device)

@@ -104,8 +104,10 @@ def main(argv=None) -> dict:
         "registered": step_3_registration(model),
         "dtypes": step_4_conversion_skips_plain(model),
     }
+    n_numbers = sum(p.numel() for p in model.parameters())
     print(f"summary: forward() ran {int(model.calls)} times; "
-          f"{len(results['registered']['parameters'])} parameters registered")
+          f"{len(results['registered']['parameters'])} parameter tensors ({n_numbers} numbers) "
+          f"registered")
     return results
 
 

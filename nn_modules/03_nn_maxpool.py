@@ -40,6 +40,7 @@ FULL = dict(n_images=64, random_batch=16)
 SMOKE = dict(n_images=8, random_batch=2)
 
 SPEC_INPUT = [[1, 2, 0, 3, 1], [0, 1, 2, 3, 1], [1, 2, 1, 0, 0], [5, 2, 3, 1, 1], [2, 1, 0, 1, 1]]
+SPEC_POOLED = {False: [[2]], True: [[2, 3], [5, 1]]}   # the spec's answers, by ceil_mode
 
 
 def pool_out_size(n: int, k: int, s: int, p: int = 0, ceil_mode: bool = False) -> int:
@@ -73,6 +74,8 @@ def step_1_spec_example(device: torch.device) -> dict:
         print(f"ceil_mode={ceil!s:<5}: MaxPool2d(3) of the 5x5 -> {got[0, 0].int().tolist()}")
         check(f"ceil_mode={ceil}: torch == hand max pooling on the spec's 5x5", got,
               maxpool2d_by_hand(x, 3, ceil_mode=ceil))
+        check(f"ceil_mode={ceil}: the result is the spec's {SPEC_POOLED[ceil]}", got[0, 0],
+              torch.tensor(SPEC_POOLED[ceil]))
         out[f"ceil={ceil}"] = got[0, 0].tolist()
     return out
 

@@ -51,6 +51,8 @@ def step_2_parameter_count(conv: nn.Conv2d) -> int:
           detail=str(tuple(conv.weight.shape)))
     check("parameter count == out*in*k*k + out", count == o * i * kh * kw + o,
           detail=f"{count} == {o}*{i}*{kh}*{kw} + {o}")
+    check("parameter count == 168 (the docstring's 6*3*3*3 + 6)", count == 168,
+          detail=f"{count}")
     bound = 1 / math.sqrt(i * kh * kw)                             # fan_in = in * k * k
     largest = max(conv.weight.abs().max().item(), conv.bias.abs().max().item())
     check("default init: every weight and bias within 1/sqrt(fan_in)", largest <= bound,

@@ -82,8 +82,12 @@ def cross_entropy_by_hand(z: torch.Tensor, target: torch.Tensor, reduction: str 
 def step_1_l1_and_mse(device: torch.device, batch: int) -> dict:
     x = torch.tensor([1.0, 2.0, 3.0], device=device)               # the spec's example
     y = torch.tensor([1.0, 2.0, 5.0], device=device)
-    print(f"spec: L1 mean {nn.L1Loss()(x, y).item():.4f}, L1 sum "
-          f"{nn.L1Loss(reduction='sum')(x, y).item():.4f}, MSE {nn.MSELoss()(x, y).item():.4f}")
+    spec = torch.stack([nn.L1Loss()(x, y), nn.L1Loss(reduction="sum")(x, y), nn.MSELoss()(x, y)])
+    print(f"spec: L1 mean {spec[0].item():.4f}, L1 sum {spec[1].item():.4f}, "
+          f"MSE {spec[2].item():.4f}")
+    # The docstring's rounded values: 3 decimals, so they hold within half a unit, 5e-4.
+    check("spec: L1 mean, L1 sum, MSE == 0.667, 2, 1.333 (as rounded in the docstring)", spec,
+          torch.tensor([0.667, 2.0, 1.333]), atol=5e-4)
     xr, yr = torch.randn(batch, 5, device=device), torch.randn(batch, 5, device=device)
     pairs = ((x, y), (xr, yr))
     for name, module, hand in (("L1Loss", nn.L1Loss, l1_by_hand),
@@ -101,6 +105,8 @@ def step_2_cross_entropy_indices(device: torch.device, batch: int, classes: int)
     y = torch.tensor([1], device=device)
     spec = nn.CrossEntropyLoss()(z, y)
     print(f"spec: CE([0.1, 0.2, 0.3], class 1) = {spec.item():.4f}")
+    # The docstring's 1.1019 has 4 decimals: within half a unit, 5e-5.
+    check("spec: CE == 1.1019 (as rounded in the docstring)", spec, 1.1019, atol=5e-5)
     check("spec: CE == -z_y + log(sum exp z)", spec, -0.2 + torch.log(torch.exp(z).sum()),
           atol=ATOL, rtol=RTOL)
     zr = 3 * torch.randn(batch, classes, device=device)            # (N, C) raw scores

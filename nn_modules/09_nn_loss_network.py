@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, float64_device, make_parser, start
 from torchnotes.datasets import add_data_args, cifar10_batch
 
 FULL = dict(n_images=64)
 SMOKE = dict(n_images=8)
 
 
+# The same network as 07_nn_seq.py and training/model.py, kept inline so the script stands alone.
 class Moli(nn.Module):
     """The spec's CIFAR-10 CNN (see 07_nn_seq.py for its shape table)."""
 
@@ -59,10 +60,11 @@ def step_1_every_parameter_gets_a_gradient(model: Moli, images, labels) -> dict:
            or p.grad.abs().sum() == 0]
     for name, p in list(model.named_parameters())[:2]:
         print(f"{name:<22} param {str(tuple(p.shape)):<16} grad {tuple(p.grad.shape)}")
-    n_params = len(list(model.parameters()))
+    n_tensors = len(list(model.parameters()))
+    n_numbers = sum(p.numel() for p in model.parameters())
     check("before backward() no parameter has a .grad", not before, detail=f"{before}")
-    check(f"after backward() all {n_params} parameters have a finite, non-zero grad "
-          f"of their own shape", not bad, detail=f"bad: {bad}" if bad else "")
+    check(f"after backward() all {n_tensors} parameter tensors ({n_numbers:,} numbers) have a "
+          f"finite, non-zero grad of their own shape", not bad, detail=f"bad: {bad}" if bad else "")
     return {"loss": loss, "logits": logits}
 
 
@@ -86,7 +88,7 @@ def step_3_logit_gradient(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def step_4_finite_difference_probe(model: Moli, images, labels, device) -> dict:
     # float64 makes the central difference accurate to ~1e-9; MPS has no float64, use the CPU.
-    probe_device = device if device.type != "mps" else torch.device("cpu")
+    probe_device = float64_device(device)
     m64 = copy.deepcopy(model).to(probe_device, torch.float64)
     # uint8 images have flat patches, so pooling windows hold exact ties: points where the
     # loss has a kink and the difference quotient is not the gradient. Noise breaks the ties.

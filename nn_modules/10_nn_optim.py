@@ -29,6 +29,7 @@ FULL = dict(n_train=256, batch=32, rounds=20, lr=0.02)
 SMOKE = dict(n_train=8, batch=8, rounds=20, lr=0.01)
 
 
+# The same network as 07_nn_seq.py and training/model.py, kept inline so the script stands alone.
 class Moli(nn.Module):
     """The spec's CIFAR-10 CNN (see 07_nn_seq.py for its shape table)."""
 

@@ -138,9 +138,8 @@ def step_5_flatten_and_embedding(device, batch: int, channels: int, size: int) -
     out = emb(idx)                                                   # (N, T, 5)
     one_hot = F.one_hot(idx, 20).float()                             # (N, T, 20)
     print(f"Embedding(20, 5): ids {tuple(idx.shape)} -> vectors {tuple(out.shape)}")
-    # Each output sums one weight row times 1 plus zeros: exact unless the matmul rounds
-    # (TF32 on some GPUs), hence 1e-6 rather than 0.
-    check("Embedding(idx) == one_hot(idx) @ weight", out, one_hot @ emb.weight, atol=1e-6)
+    # 1*w plus zeros is exact; float32 matmul TF32 is off by default.
+    check("Embedding(idx) == one_hot(idx) @ weight", out, one_hot @ emb.weight, atol=0.0)
     check("Embedding(idx) == weight[idx] (a row lookup)", out, emb.weight[idx])
 
 

@@ -5,8 +5,10 @@ The smoke suite runs each note once; these tests pin the pieces and prove the cl
 
 from __future__ import annotations
 
+import copy
 import io
 import pickle
+from urllib.error import URLError
 
 import pytest
 import torch
@@ -114,6 +116,37 @@ def test_claim_fails_when_the_files_hold_different_weights(load, tmp_path):
         load.step_2_state_dict_way(tmp_path / "whole.pth", tmp_path / "state.pth", CPU)
 
 
+def test_claim_fails_when_the_whole_file_has_an_extra_tensor(load, tmp_path):
+    torch.manual_seed(0)
+    model = load.build_model()
+    torch.save(model.state_dict(), tmp_path / "state.pth")
+    model.register_buffer("extra", torch.zeros(1))          # same weights plus one more key
+    torch.save(model, tmp_path / "whole.pth")
+    with pytest.raises(ClaimError, match="same weights"):
+        load.step_2_state_dict_way(tmp_path / "whole.pth", tmp_path / "state.pth", CPU)
+
+
+def test_01_same_weights_claim_fails_when_the_files_differ(save, tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def save_other_whole(obj, f, *args, **kwargs):       # the whole file gets other weights
+        if isinstance(obj, nn.Module):
+            obj = copy.deepcopy(obj)
+            with torch.no_grad():
+                next(obj.parameters()).add_(1.0)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_other_whole)
+    with pytest.raises(ClaimError, match="both files hold the same weights"):
+        save.step_1_save_both_ways(tmp_path, False, CPU, batch=1)
+
+
+def test_02_map_location_includes_meta_even_on_cpu(load, capsys):
+    placed = load.step_5_map_location(load.build_model(), CPU)
+    assert placed == ["cpu", "meta"]
+    assert "map_location='meta' put every tensor on meta" in capsys.readouterr().out
+
+
 def test_the_strangers_code_runs_only_under_the_full_unpickler(load, tmp_path, capsys):
     model = load.build_model()
     torch.save(model, tmp_path / "whole.pth")
@@ -134,13 +167,45 @@ def test_claim_fails_when_the_payload_is_not_what_the_note_says(load, tmp_path, 
         load.step_4_full_unpickler_runs_code(tmp_path / "whole.pth", CPU)
 
 
-def test_03_heads_have_10_outputs_and_frozen_params_get_no_grad(note, tmp_path):
+def _empty_hub(tmp_path, monkeypatch) -> tuple:
+    """torch hub's cache -> an empty tmp folder; the download function records, never fetches."""
+    hub, calls = tmp_path / "hub", []
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def no_network(url, dst, *args, **kwargs):
+        calls.append(url)
+        raise URLError("no network in the tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return hub, calls
+
+
+def test_03_heads_have_10_outputs_and_frozen_params_get_no_grad(note, tmp_path, monkeypatch):
     mod = note("checkpointing/03_model_pretrained.py")
-    out = mod.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    hub, calls = _empty_hub(tmp_path, monkeypatch)
+    out_dir = tmp_path / "out"
+    out = mod.main(["--smoke", "--device", "cpu", "--out-dir", str(out_dir)])
+    assert out["pretrained"] is False                       # empty cache, no --download
     assert out["add_module_shape"] == (2, 10) and out["replaced_shape"] == (2, 10)
     assert out["trainable"] == 25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10
     assert out["frozen"] == 14_714_688                      # VGG16's 13 conv layers
-    assert list(tmp_path.iterdir()) == []                   # nothing downloaded or written
+    assert calls == []                                      # no download was attempted
+    assert not hub.exists() or list(hub.rglob("*.pth")) == []   # no checkpoint in the cache
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []  # nothing written
+
+
+def test_03_failed_download_is_a_note_error(note, tmp_path, monkeypatch, capsys):
+    mod = note("checkpointing/03_model_pretrained.py")
+    hub, calls = _empty_hub(tmp_path, monkeypatch)
+    with pytest.raises(NoteError, match="could not download.*no network in the tests") as err:
+        mod.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path / "out"),
+                  "--download"])
+    message = str(err.value)
+    assert "run again with --download" in message and "without --download" in message
+    assert "\n" not in message                              # a one-line reason
+    assert calls == [mod.WEIGHTS.url]
+    assert str(hub / "checkpoints" / "vgg16-397923af.pth") in capsys.readouterr().out
+    assert list(hub.rglob("*.pth")) == []                   # no partial checkpoint left behind
 
 
 def test_03_claim_fails_when_features_are_not_frozen(note, monkeypatch):

@@ -137,6 +137,29 @@ def test_02_sigmoid_claim_fails_for_another_function(note, monkeypatch):
         mod.step_2_sigmoid_formula(DEV)
 
 
+def test_02_zeroed_pixels_claim_checks_positions_not_counts(note, monkeypatch):
+    mod = note("nn_modules/02_nn_relu.py")
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mod.step_4_on_images(images)                            # the real ReLU: holds
+    real = nn.ReLU
+
+    class MirroredReLU(nn.Module):    # zeroes as many values as ReLU, at mirrored positions
+        def forward(self, t):
+            out = real()(t)
+            return out.flip(-1) if bool((t < 0).any()) else out
+
+    monkeypatch.setattr(mod.nn, "ReLU", MirroredReLU)
+    with pytest.raises(ClaimError, match="exactly the pixels"):
+        mod.step_4_on_images(images)
+
+
+def test_03_spec_claim_fails_for_other_expected_values(note, monkeypatch):
+    mod = note("nn_modules/03_nn_maxpool.py")
+    monkeypatch.setattr(mod, "SPEC_POOLED", {False: [[3]], True: [[2, 3], [5, 1]]})
+    with pytest.raises(ClaimError, match="spec's"):
+        mod.step_1_spec_example(DEV)
+
+
 def test_03_size_claim_fails_with_floor_only_formula(note, monkeypatch):
     mod = note("nn_modules/03_nn_maxpool.py")
     floor_only = mod.pool_out_size

@@ -138,3 +138,23 @@ def test_03_same_seed_same_losses_other_seed_other_losses(note, engine):
     assert a != mod.first_losses(batches, CPU, seed=1, lr=1e-3)
     with pytest.raises(ClaimError, match="agree on the first"):
         mod.step_2_device_matches_cpu(batches, [v + 0.1 for v in a], CPU, seed=0, lr=1e-3)
+
+
+def test_03_on_the_cpu_compares_float32_with_float64(note, engine, capsys):
+    mod = note("training/03_train_gpu_device.py")
+    batches = list(_tiny_loader(n=64))
+    a = mod.first_losses(batches, CPU, seed=0, lr=1e-3)
+    b = mod.first_losses(batches, CPU, seed=0, lr=1e-3, dtype=torch.float64)
+    assert a != b                                           # really another computation
+    err = mod.step_2_device_matches_cpu(batches, a, CPU, seed=0, lr=1e-3)
+    assert 0 < err < mod.CROSS_DEVICE_RTOL * max(b)
+    assert "float32 and float64 on the CPU agree" in capsys.readouterr().out
+
+
+def test_02_says_it_cannot_use_mps(note, engine, capsys):
+    mod = note("training/02_train_gpu_cuda.py")
+    moli, _ = mod.step_1_move_with_cuda(use_cuda=False, selected=torch.device("mps"))
+    out = capsys.readouterr().out
+    assert "cannot use MPS" in out and "trains on the CPU" in out
+    assert "03_train_gpu_device.py runs on MPS" in out
+    assert {p.device.type for p in moli.parameters()} == {"cpu"}

@@ -233,7 +233,7 @@ DOWNLOAD_TIMEOUT_S = 60.0   # seconds a stalled connection may wait before the d
 
 
 @contextlib.contextmanager
-def _socket_timeout(seconds: float):
+def socket_timeout(seconds: float):
     """Bound every socket operation (connect, each read) inside the block, then restore."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
@@ -243,7 +243,7 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _why(err: BaseException) -> str:
+def short_reason(err: BaseException) -> str:
     """A one-line reason for an exception (torchvision's messages can span many lines)."""
     text = " ".join(str(getattr(err, "reason", None) or err).split())
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
@@ -252,19 +252,19 @@ def _why(err: BaseException) -> str:
 def _call_torchvision(name: str, make, root: Path, download: bool, timeout: float):
     """Call ``make()`` (a torchvision dataset constructor); any failure becomes a NoteError."""
     try:
-        with _socket_timeout(timeout):
+        with socket_timeout(timeout):
             return make()
     except Exception as err:  # network and file errors come in many types; all mean the same
         if download:
             raise NoteError(
-                f"could not download {name} into {root} ({_why(err)}). Check the internet "
+                f"could not download {name} into {root} ({short_reason(err)}). Check the internet "
                 f"connection (or proxy) and run again with --download; or fetch it by hand as "
                 f"data/README.md describes; or use --data synthetic for the built-in stand-in."
             ) from None
         raise NoteError(
-            f"could not read {name} from {root} ({_why(err)}). The files may be incomplete: "
-            f"delete that folder and fetch it again with --download (see data/README.md), or "
-            f"use --data synthetic for the built-in stand-in.") from None
+            f"could not read {name} from {root} ({short_reason(err)}). The files may be "
+            f"incomplete: delete that folder and fetch it again with --download (see "
+            f"data/README.md), or use --data synthetic for the built-in stand-in.") from None
 
 
 def _real_or_stand_in(name: str, folder: str, size_note: str, *, has_real, make_real,
@@ -509,7 +509,7 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
                         f"Fix: check the folder, or run again.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise NoteError(
-            f"{path} is not a readable image ({_why(err)}). Expected a JPEG or PNG file in "
+            f"{path} is not a readable image ({short_reason(err)}). Expected a JPEG or PNG file in "
             f"{FOLDER_LAYOUT}. Fix: delete or replace that file (unzip the dataset again).") \
             from None
 
