@@ -20,7 +20,8 @@ from conftest import REPO_ROOT
 from torchnotes.curriculum import TOPICS, notes
 
 READMES = ("README.md", "README.zh-CN.md")
-ROW_LINK = re.compile(r"^\|.*?\]\((?P<path>(?:" + "|".join(TOPICS) + r")/\d\d_\w+\.py)\)")
+ROW_LINK = re.compile(r"^\|.*?\]\((?P<path>(?:" + "|".join(TOPICS)
+                      + r")/(?:\w+/)?\d\d_\w+\.py)\)")
 
 
 def table_scripts(readme: str) -> list[str]:

@@ -239,3 +239,44 @@ def test_cifar10_batch_gives_one_float_batch(tmp_path, capsys):
     assert labels.shape == (6,) and 0 <= images.min() and images.max() <= 1
     x, y = SyntheticCIFAR10(True, size=6).tensors()
     assert torch.equal(images, x) and torch.equal(labels, y)      # the same first n images
+
+
+def test_check_never_passes_by_an_infinity():
+    """A closed form mistyped as infinite (3 / x**2 at x = 0) must not pass: inf tolerance."""
+    x = torch.tensor([0.0, 1.0, 2.0])
+    with pytest.raises(ClaimError, match="non-finite"):
+        check("derivative", x * 0 + 3.0, 3 / x**2 + 2)          # expected holds +inf at 0
+    with pytest.raises(ClaimError, match="non-finite"):
+        check("derivative", 3 / x**2, x * 0 + 3.0, rtol=1e-6)    # actual holds +inf
+    with pytest.raises(ClaimError, match="non-finite"):
+        check("nan", torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0]), atol=1e9)
+    with pytest.raises(ClaimError, match="non-finite"):
+        check("signs", torch.tensor([float("inf")]), torch.tensor([float("-inf")]))
+
+
+def test_check_accepts_the_same_non_finite_value_in_the_same_place(capsys):
+    inf, nan = float("inf"), float("nan")
+    check("same", torch.tensor([inf, -inf, nan, 1.0]), torch.tensor([inf, -inf, nan, 1.0 + 1e-9]),
+          atol=1e-6)
+    assert "✓ same" in capsys.readouterr().out
+    with pytest.raises(ClaimError):
+        check("finite part still compared", torch.tensor([inf, 1.0]), torch.tensor([inf, 2.0]))
+
+
+def test_notes_under_advanced_subtopics_are_found_and_write_under_runs(tmp_path, monkeypatch):
+    from torchnotes.cli import default_out_dir
+    from torchnotes.curriculum import notes, repo_relative
+
+    for rel in ("autograd/01_a.py", "advanced/peft/01_lora.py", "advanced/loss_functions/02_b.py",
+                "advanced/generative_models/01_c.py", "advanced/zzz_new/01_d.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text('"""Summary line."""\n')
+    names = [n.name for n in notes(tmp_path)]
+    assert names == ["autograd/01_a.py", "advanced/loss_functions/02_b.py",
+                     "advanced/peft/01_lora.py", "advanced/generative_models/01_c.py",
+                     "advanced/zzz_new/01_d.py"]
+    lora = tmp_path / "advanced/peft/01_lora.py"
+    assert repo_relative(lora) == "advanced/peft/01_lora.py"
+    monkeypatch.delenv("TORCHNOTES_RUNS", raising=False)
+    assert default_out_dir(lora) == tmp_path.resolve() / "runs/advanced/peft/01_lora"
+    assert default_out_dir(tmp_path / "autograd/01_a.py") == tmp_path.resolve() / "runs/autograd/01_a"

@@ -69,9 +69,18 @@ def check(claim: str, actual, expected=None, *, atol: float = 0.0, rtol: float =
     if a.shape != e.shape:
         raise ClaimError(f"{_mark(False)} {claim}: shapes differ, "
                          f"{tuple(a.shape)} vs expected {tuple(e.shape)}")
-    err = (a - e).abs().max().item() if a.numel() else 0.0
-    tol = atol + rtol * (e.abs().max().item() if e.numel() else 0.0)
     extra = f"; {detail}" if detail else ""
+    # Non-finite values (inf, nan) agree only where both sides hold the same one: inf - inf is
+    # nan and rtol * inf is inf, so comparing them by difference would pass or fail by accident.
+    a_bad, e_bad = ~torch.isfinite(a), ~torch.isfinite(e)
+    same_bad = a_bad & e_bad & ((a == e) | (a.isnan() & e.isnan()))
+    if bool((a_bad | e_bad).ne(same_bad).any()):
+        where = tuple(int(i) for i in torch.nonzero((a_bad | e_bad) & ~same_bad)[0].tolist())
+        raise ClaimError(f"{_mark(False)} {claim}: non-finite value at index {where}: "
+                         f"{a[where].item()} vs expected {e[where].item()}{extra}")
+    finite = ~(a_bad | e_bad)
+    err = (a - e)[finite].abs().max().item() if finite.any() else 0.0
+    tol = atol + rtol * (e[finite].abs().max().item() if finite.any() else 0.0)
     if math.isnan(err) or err > tol:
         raise ClaimError(f"{_mark(False)} {claim}: max |error| = {err:.3g} > tolerance "
                          f"{tol:.3g}{extra}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .curriculum import repo_relative
 from .device import CHOICES, ENV_VAR, DeviceError, get_device
 
 RUNS_ENV_VAR = "TORCHNOTES_RUNS"
@@ -33,8 +34,10 @@ def default_out_dir(script: str | os.PathLike) -> Path:
     a run never writes into the current directory.
     """
     path = Path(script).resolve()
-    root = Path(os.environ.get(RUNS_ENV_VAR) or path.parent.parent / "runs")
-    return root / path.parent.name / path.stem
+    topic = Path(repo_relative(path)).parent              # "autograd" or "advanced/peft"
+    repo = path.parents[len(topic.parts)]
+    root = Path(os.environ.get(RUNS_ENV_VAR) or repo / "runs")
+    return root / topic / path.stem
 
 
 def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
@@ -45,7 +48,7 @@ def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
     """
     summary = (doc or "").strip().splitlines()[0] if doc and doc.strip() else None
     parser = argparse.ArgumentParser(
-        prog=f"python {Path(script).parent.name}/{Path(script).name}",
+        prog=f"python {repo_relative(script)}",
         description=summary,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
