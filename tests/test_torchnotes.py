@@ -279,4 +279,5 @@ def test_notes_under_advanced_subtopics_are_found_and_write_under_runs(tmp_path,
     assert repo_relative(lora) == "advanced/peft/01_lora.py"
     monkeypatch.delenv("TORCHNOTES_RUNS", raising=False)
     assert default_out_dir(lora) == tmp_path.resolve() / "runs/advanced/peft/01_lora"
-    assert default_out_dir(tmp_path / "autograd/01_a.py") == tmp_path.resolve() / "runs/autograd/01_a"
+    first = tmp_path / "autograd/01_a.py"
+    assert default_out_dir(first) == tmp_path.resolve() / "runs/autograd/01_a"
