@@ -293,6 +293,68 @@ def _real_or_stand_in(name: str, folder: str, size_note: str, *, has_real, make_
     return ds
 
 
+_REAL = {  # name -> (folder under the data root that proves it is there, download size)
+    "CIFAR-10": ("cifar-10-batches-py/batches.meta", "about 170 MB"),
+    "MNIST": ("MNIST/raw/t10k-labels-idx1-ubyte", "about 12 MB"),
+}
+
+
+def use_real(args: argparse.Namespace, name: str = "CIFAR-10", *, verbose: bool = True) -> bool:
+    """Should this run load the real ``name`` (``"CIFAR-10"`` or ``"MNIST"``)?
+
+    The note then shows the branch itself::
+
+        if use_real(args):
+            ds = torchvision.datasets.CIFAR10(root, train=False, transform=tf,
+                                              download=args.download)
+        else:
+            ds = SyntheticCIFAR10(train=False, transform=tf, size=n, seed=args.seed)
+
+    ``--data real``: yes (NoteError naming the folder if the files are missing and
+    ``--download`` is not given); ``--data synthetic`` and ``--smoke``: no (a smoke run says when
+    it overrides ``--data real``); ``auto``: yes when the files are on disk or ``--download``.
+    Prints the one-line data notice.
+    """
+    marker, size_note = _REAL[name]
+    root = Path(args.data_root) if getattr(args, "data_root", None) else data_root()
+    if getattr(args, "smoke", False):
+        if args.data == "real":
+            print("data: --smoke always uses the built-in stand-in; --data real is ignored")
+        real = False
+    elif args.data == "real" and not (root / marker).is_file() and not args.download:
+        raise NoteError(f"--data real: {name} is not under {root / Path(marker).parts[0]}. "
+                        f"Fetch it with --download ({size_note}), or use --data synthetic for "
+                        f"the built-in stand-in.")
+    else:
+        real = args.data == "real" or (args.data == "auto" and
+                                        ((root / marker).is_file() or args.download))
+    if verbose:
+        print(f"data: real {name} from {root}" if real else
+              f"data: built-in {name}-shaped stand-in (no download); for real {name} add "
+              f"--download or see data/README.md")
+    return real
+
+
+@contextlib.contextmanager
+def torchvision_errors(name: str, root, download: bool, timeout: float = DOWNLOAD_TIMEOUT_S):
+    """Around a visible ``torchvision.datasets.X(...)`` call: a bounded download, and any
+    failure becomes one NoteError naming the folder and the fix (not a traceback)."""
+    try:
+        with socket_timeout(timeout):
+            yield
+    except Exception as err:  # network and file errors come in many types; all mean the same
+        if download:
+            raise NoteError(
+                f"could not download {name} into {root} ({short_reason(err)}). Check the internet "
+                f"connection (or proxy) and run again with --download; or fetch it by hand as "
+                f"data/README.md describes; or use --data synthetic for the built-in stand-in."
+            ) from None
+        raise NoteError(
+            f"could not read {name} from {root} ({short_reason(err)}). The files may be "
+            f"incomplete: delete that folder and fetch it again with --download (see "
+            f"data/README.md), or use --data synthetic for the built-in stand-in.") from None
+
+
 def _has_real_cifar10(root: Path) -> bool:
     return (Path(root) / "cifar-10-batches-py" / "batches.meta").is_file()
 
