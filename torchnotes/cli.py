@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .curriculum import repo_relative
+from .curriculum import REPO_ROOT, repo_relative
 from .device import CHOICES, ENV_VAR, DeviceError, get_device
 
 RUNS_ENV_VAR = "TORCHNOTES_RUNS"
@@ -27,6 +28,13 @@ class NoteError(SystemExit):
         super().__init__(f"error: {message}")
 
 
+def script_repo(script: str | os.PathLike) -> Path:
+    """The checkout a note lives in: ``<repo>`` for ``<repo>/<topic>/NN_name.py``."""
+    path = Path(script).resolve()
+    topic = Path(repo_relative(path)).parent              # "autograd" or "advanced/peft"
+    return path.parents[len(topic.parts)]
+
+
 def default_out_dir(script: str | os.PathLike) -> Path:
     """``<repo>/runs/<topic>/<script stem>``; ``TORCHNOTES_RUNS`` moves the ``runs`` root.
 
@@ -34,10 +42,22 @@ def default_out_dir(script: str | os.PathLike) -> Path:
     a run never writes into the current directory.
     """
     path = Path(script).resolve()
-    topic = Path(repo_relative(path)).parent              # "autograd" or "advanced/peft"
-    repo = path.parents[len(topic.parts)]
-    root = Path(os.environ.get(RUNS_ENV_VAR) or repo / "runs")
+    topic = Path(repo_relative(path)).parent
+    root = Path(os.environ.get(RUNS_ENV_VAR) or script_repo(path) / "runs")
     return root / topic / path.stem
+
+
+def other_checkout(script: str | os.PathLike) -> str | None:
+    """One line when ``script`` belongs to another checkout than the imported ``torchnotes``.
+
+    An editable install points at one checkout; a note run from a second checkout would
+    silently use the first one's helper and ``data/``.
+    """
+    repo = script_repo(script)
+    if repo == REPO_ROOT or not (repo / "torchnotes").is_dir():
+        return None
+    return (f"note: this script is in the checkout {repo}, but torchnotes (and its data/) "
+            f"come from {REPO_ROOT}; to use this checkout's: pip install -e {repo}")
 
 
 def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
@@ -52,6 +72,7 @@ def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
         description=summary,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.torchnotes_script = script         # start() checks which checkout it belongs to
     parser.add_argument("--device", default=None,
                         help=f"{CHOICES}; default: ${ENV_VAR} or auto (CUDA, then MPS, then CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for Python, NumPy and torch")
@@ -78,8 +99,15 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
         device = get_device(args.device)
     except DeviceError as err:
         parser.error(str(err))
-    if args.seed < 0:
-        parser.error(f"--seed {args.seed}: expected a non-negative integer")
+    if not 0 <= args.seed < 2**64:              # torch.manual_seed takes 64 bits
+        parser.error(f"--seed {args.seed}: expected an integer from 0 to 2**64 - 1 "
+                     f"({2**64 - 1}); pick a smaller seed")
+    # A path or name the terminal cannot encode prints as \xe9 instead of crashing the run.
+    if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
+        sys.stdout.reconfigure(errors="backslashreplace")
+    line = other_checkout(getattr(parser, "torchnotes_script", None) or REPO_ROOT)
+    if line:
+        print(line)
     seed_everything(args.seed)
     mode = "smoke" if args.smoke else "full"
     print(f"device: {device} | seed: {args.seed} | mode: {mode} | torch {torch.__version__}")
@@ -107,4 +135,38 @@ def writable_file(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
             f"folder with --out-dir NEW_DIR, or replace it by passing --overwrite."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_out_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` and prove it is writable, or raise one NoteError saying what to do.
+
+    Called before any training, so a bad ``--out-dir`` (a file, read-only, a name too long)
+    or an unwritable ``$TORCHNOTES_RUNS`` stops the run at once, not after an epoch.
+    """
+    path = Path(path)
+    runs = os.environ.get(RUNS_ENV_VAR)
+    from_env = bool(runs) and Path(runs).resolve() in (path.resolve(), *path.resolve().parents)
+    what = f"${RUNS_ENV_VAR} ({runs}), the root of the default --out-dir {path}," if from_env \
+        else f"--out-dir {path}"
+    fix = (f"set {RUNS_ENV_VAR} to a writable folder, or pass --out-dir NEW_DIR" if from_env
+           else "choose another folder with --out-dir NEW_DIR")
+    try:
+        if path.exists() and not path.is_dir():
+            raise NoteError(f"{what} is a file; expected a folder. Fix: {fix}")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            problem = (f"is too long for the file system ({len(str(path))} characters; at most "
+                       f"255 bytes per name)")
+        elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            problem = "is not writable (permission denied or a read-only file system)"
+        elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+            problem = "goes through a file where a folder is expected"
+        else:
+            problem = f"cannot be created ({err.strerror})"
+        raise NoteError(f"{what} {problem}; expected a writable folder. Fix: {fix}") from None
     return path

@@ -1,0 +1,204 @@
+"""torchnotes.checkpoint and the out-dir checks: atomic saves, checksums, fallback, lock, RNG.
+
+Findings 3, 5, 6 and 7 of issue 9 are reproduced here against the helper; the training notes'
+kill-and-resume tests are in test_training_resume.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from torchnotes import NoteError, prepare_out_dir, start
+from torchnotes.checkpoint import (
+    PAUSE_ENV_VAR,
+    CheckpointError,
+    RunLock,
+    atomic_save,
+    latest_valid,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    set_rng_state,
+    sidecar,
+)
+from torchnotes.cli import make_parser, other_checkout
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ckpt(epoch: int, value: float = 0.0) -> dict:
+    return {"model": {"w": torch.full((4,), value)}, "epoch": epoch, "step": 10 * epoch}
+
+
+def test_atomic_save_round_trips_and_writes_a_sha256_file(tmp_path):
+    path = atomic_save(_ckpt(1, 2.0), tmp_path / "a.pth")
+    digest, name = sidecar(path).read_text().split()
+    assert name == "a.pth" and len(digest) == 64
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4,), 2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "a.pth.sha256"]  # no temp
+
+
+def test_finding_6_a_zeroed_block_is_detected(tmp_path):
+    path = atomic_save({"model": {"w": torch.randn(4096)}, "epoch": 1}, tmp_path / "a.pth")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)    # 4 KiB zeroed inside
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"a\.pth is corrupt: its SHA-256"):
+        load_checkpoint(path)
+
+
+def test_finding_7_truncated_checkpoint_names_the_file(tmp_path):
+    path = atomic_save(_ckpt(1), tmp_path / "a.pth")
+    path.write_bytes(path.read_bytes()[:1198])
+    with pytest.raises(CheckpointError, match="a.pth is corrupt") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value) and "--resume" in str(err.value)
+    # Even with a matching checksum (written by hand), the loader says "corrupt", not a traceback
+    sidecar(path).write_text(f"{__import__('hashlib').sha256(path.read_bytes()).hexdigest()}\n")
+    with pytest.raises(CheckpointError, match=r"a\.pth is corrupt \(RuntimeError"):
+        load_checkpoint(path)
+
+
+def test_a_file_without_checksum_is_not_trusted(tmp_path):
+    torch.save(_ckpt(1), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="no checksum file plain.pth.sha256"):
+        load_checkpoint(tmp_path / "plain.pth")
+
+
+def test_latest_valid_prefers_the_stored_epoch_and_falls_back_loudly(tmp_path, capsys):
+    for e in (1, 2, 10):
+        atomic_save(_ckpt(e, float(e)), tmp_path / f"ck_{e}.pth")
+    assert latest_valid(tmp_path)[0].name == "ck_10.pth"         # 10 > 2, not "2" > "10"
+    (tmp_path / "ck_10.pth").write_bytes(b"")                    # a 0-byte file
+    (tmp_path / ".ck_11.pth.tmp").write_bytes(b"half")           # an unfinished save
+    path, state = latest_valid(tmp_path)
+    assert path.name == "ck_2.pth" and state["epoch"] == 2
+    out = capsys.readouterr().out
+    assert "ck_10.pth: corrupt (is corrupt: its SHA-256" in out
+    assert "falling back to ck_2.pth" in out and ".ck_11" not in out
+    assert latest_valid(tmp_path / "empty") is None
+
+
+def test_finding_3_a_kill_during_a_save_leaves_the_previous_file_intact(tmp_path):
+    path = atomic_save(_ckpt(1, 1.0), tmp_path / "a.pth")
+    before = path.read_bytes()
+    code = ("import torch, sys; from torchnotes.checkpoint import atomic_save; "
+            "atomic_save({'epoch': 2, 'model': {'w': torch.ones(99)}}, sys.argv[1])")
+    env = dict(os.environ, **{PAUSE_ENV_VAR: "1:30"})
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "paused before_replace" in child.stderr.readline()   # temp file complete
+    finally:
+        child.kill()
+        child.wait()
+    assert (tmp_path / ".a.pth.tmp").is_file()                      # the unfinished save...
+    assert path.read_bytes() == before                              # ...never touched a.pth
+    assert latest_valid(tmp_path)[1]["epoch"] == 1
+
+
+def test_finding_5_a_second_run_on_the_same_out_dir_is_refused(tmp_path):
+    with RunLock(tmp_path):
+        expected = f"{tmp_path} is in use by another run .pid {os.getpid()}"
+        with pytest.raises(NoteError, match=expected):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):                                          # released: free again
+        pass
+
+
+def test_rng_state_is_plain_and_restores_every_generator(tmp_path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    random.random(), np.random.randn(), torch.rand(1)
+    state = rng_state()
+    expected = (random.random(), np.random.randn(), torch.rand(3))
+    atomic_save({"rng": state}, tmp_path / "rng.pth")
+    loaded = load_checkpoint(tmp_path / "rng.pth")["rng"]             # weights_only=True
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    set_rng_state(loaded)
+    again = (random.random(), np.random.randn(), torch.rand(3))
+    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
+
+
+def test_load_weights_names_the_first_mismatch_and_both_shapes():
+    saved = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)).state_dict()
+    other = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 10))
+    expected = r"first mismatch at key '1.weight': shape \(3, 8\) in the file vs shape \(10, 8\)"
+    with pytest.raises(CheckpointError, match=expected + " in the model"):
+        load_weights(other, saved)
+    load_weights(other, saved, may_differ=["1.weight", "1.bias"])    # a replaced head
+    assert torch.equal(other[0].weight, saved["0.weight"])
+    with pytest.raises(CheckpointError, match="'1.bias': shape"):
+        load_weights(other, saved, may_differ=["1.weight"])          # only the listed keys
+
+
+def test_finding_7_seed_overflow_is_a_flag_error(capsys):
+    parser = make_parser(str(REPO_ROOT / "autograd" / "00_x.py"), "doc")
+    with pytest.raises(SystemExit):
+        start(parser, ["--seed", str(2**64), "--device", "cpu"])
+    assert "--seed 18446744073709551616: expected an integer from 0 to 2**64 - 1" in \
+        capsys.readouterr().err
+
+
+def test_finding_7_out_dir_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHNOTES_RUNS", raising=False)
+    (tmp_path / "file").write_text("x")
+    cases = {
+        tmp_path / "file": "is a file; expected a folder",
+        tmp_path / "file" / "sub": "goes through a file",
+        tmp_path / ("x" * 300): "is too long for the file system",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(NoteError, match=expected) as err:
+            prepare_out_dir(path)
+        assert str(path) in str(err.value) and "--out-dir NEW_DIR" in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def _deny_writes(monkeypatch, folder: Path):
+    """A read-only folder: chmod where it binds, a refusing touch() where we are root."""
+    folder.mkdir(exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return
+    real = Path.touch
+
+    def touch(self, *args, **kwargs):
+        if folder in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", touch)          # root ignores chmod
+
+
+def test_finding_7_read_only_out_dir_and_unwritable_runs_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHNOTES_RUNS", raising=False)
+    _deny_writes(monkeypatch, tmp_path / "ro")
+    with pytest.raises(NoteError, match=r"--out-dir .*ro is not writable.*--out-dir NEW_DIR"):
+        prepare_out_dir(tmp_path / "ro")
+    monkeypatch.setenv("TORCHNOTES_RUNS", str(tmp_path / "ro"))
+    with pytest.raises(NoteError, match=r"\$TORCHNOTES_RUNS .* is not writable.*set "
+                                        r"TORCHNOTES_RUNS to a writable folder"):
+        prepare_out_dir(tmp_path / "ro" / "training" / "01_train")
+
+
+def test_finding_8_a_second_checkout_is_detected(tmp_path, capsys):
+    (tmp_path / "torchnotes").mkdir()
+    (tmp_path / "training").mkdir()
+    script = tmp_path / "training" / "01_train.py"
+    assert other_checkout(REPO_ROOT / "training" / "01_train.py") is None
+    line = other_checkout(script)
+    assert str(tmp_path) in line and str(REPO_ROOT) in line and "pip install -e" in line
+    start(make_parser(str(script), "doc"), ["--device", "cpu"])
+    assert capsys.readouterr().out.startswith("note: this script is in the checkout")
+
