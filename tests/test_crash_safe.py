@@ -90,21 +90,28 @@ def test_latest_valid_prefers_the_stored_epoch_and_falls_back_loudly(tmp_path, c
 
 
 def test_finding_3_a_kill_during_a_save_leaves_the_previous_file_intact(tmp_path):
-    path = atomic_save(_ckpt(1, 1.0), tmp_path / "a.pth")
-    before = path.read_bytes()
     code = ("import torch, sys; from torchnotes.checkpoint import atomic_save; "
             "atomic_save({'epoch': 2, 'model': {'w': torch.ones(99)}}, sys.argv[1])")
-    env = dict(os.environ, **{PAUSE_ENV_VAR: "1:30"})
-    child = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        assert "paused before_replace" in child.stderr.readline()   # temp file complete
-    finally:
-        child.kill()
-        child.wait()
-    assert (tmp_path / ".a.pth.tmp").is_file()                      # the unfinished save...
-    assert path.read_bytes() == before                              # ...never touched a.pth
-    assert latest_valid(tmp_path)[1]["epoch"] == 1
+    children, before = {}, {}
+    for stage in ("before_sidecar", "before_replace"):       # both children run at once
+        path = atomic_save(_ckpt(1, 1.0), tmp_path / stage / "a.pth")
+        before[stage] = path.read_bytes()
+        env = dict(os.environ, **{PAUSE_ENV_VAR: f"1:30:{stage}"})
+        children[stage] = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env,
+                                           stderr=subprocess.PIPE, text=True)
+    for stage, child in children.items():
+        try:
+            assert f"paused {stage}" in child.stderr.readline()   # the temp file is complete
+        finally:
+            child.kill()                                          # SIGKILL in the save
+            child.wait()
+        folder = tmp_path / stage
+        assert (folder / ".a.pth.tmp").is_file()                  # the unfinished save...
+        assert (folder / "a.pth").read_bytes() == before[stage]   # ...never touched a.pth
+        assert load_checkpoint(folder / "a.pth")["epoch"] == 1    # still valid and loadable
+    # Finished, the new file replaces the old and only its own hash stays listed.
+    atomic_save(_ckpt(2), tmp_path / "before_replace" / "a.pth")
+    assert len(sidecar(tmp_path / "before_replace" / "a.pth").read_text().splitlines()) == 1
 
 
 def test_finding_5_a_second_run_on_the_same_out_dir_is_refused(tmp_path):

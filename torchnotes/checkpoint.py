@@ -23,6 +23,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,9 +39,9 @@ except ImportError:           # Windows: no flock; RunLock becomes a no-op there
     fcntl = None
 
 # Test hook: "N:SECONDS[:STAGE]" pauses the N-th atomic_save of this process for SECONDS at
-# STAGE ("before_replace", the default: the temp file is complete, the final name untouched;
-# or "before_sidecar": the new file is in place, its checksum not yet), so a test can SIGKILL
-# a run in the middle of a save.
+# STAGE, so a test can SIGKILL a run in the middle of a save: "before_sidecar" (the temp file
+# is complete, no checksum yet) or "before_replace" (the default: the new checksum is written,
+# the final name still holds the previous file).
 PAUSE_ENV_VAR = "TORCHNOTES_SAVE_PAUSE"
 _saves = 0
 
@@ -90,16 +91,13 @@ def _pause(stage: str) -> None:
         time.sleep(float(seconds))
 
 
-def _replace_atomically(write, path: Path, pause: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")    # same folder: os.replace never copies
+def _write_atomically(data: bytes, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        write(f)
+        f.write(data)
         f.flush()
-        os.fsync(f.fileno())                     # the bytes are on disk before the rename
-    if pause:
-        _pause("before_replace")
-    os.replace(tmp, path)                        # atomic: old file or new file, never half
-    _fsync_folder(path.parent)                   # the rename itself is on disk
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
@@ -108,12 +106,34 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     _saves += 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(lambda f: torch.save(obj, f), path, pause=True)
-    digest = sha256_file(path)
+    tmp = path.with_name(f".{path.name}.tmp")    # same folder: os.replace never copies
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())                     # the bytes are on disk before the rename
     _pause("before_sidecar")
-    line = f"{digest}  {path.name}\n".encode()
-    _replace_atomically(lambda f: f.write(line), sidecar(path))
+    # The checksum goes first, so a file under its final name always has its .sha256 beside
+    # it. Replacing a valid file, its hash stays listed until the rename is done: a crash in
+    # between leaves the previous file, still loadable.
+    new = sha256_file(tmp)
+    old = [h for h in [sha256_file(path)] if h in _recorded(path)] if path.is_file() else []
+    _write_atomically("".join(f"{h}  {path.name}\n" for h in [new, *old]).encode(),
+                      sidecar(path))
+    _pause("before_replace")
+    os.replace(tmp, path)                        # atomic: the old file or the new, never half
+    _fsync_folder(path.parent)                   # the rename itself is on disk
+    if old:
+        _write_atomically(f"{new}  {path.name}\n".encode(), sidecar(path))
     return path
+
+
+def _recorded(path: Path) -> list[str]:
+    """The SHA-256 digests ``path``'s .sha256 file lists (64 hex digits each)."""
+    try:
+        text = sidecar(path).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return []
+    return [t for t in text.split() if re.fullmatch(r"[0-9a-f]{64}", t)]
 
 
 def _refused_global(err: Exception) -> str:
@@ -133,11 +153,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not check_file.is_file():
         raise CheckpointError(f"checkpoint {path} has no checksum file {check_file.name}: it "
                               f"was not written completely (or not by atomic_save); {fix}", path)
-    expected = (check_file.read_text(encoding="ascii", errors="replace").split() or [""])[0]
+    expected = _recorded(path)
     actual = sha256_file(path)
-    if actual != expected:
+    if actual not in expected:
         raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 {actual[:12]}... "
-                              f"differs from the recorded {expected[:12]}...; {fix}", path)
+                              f"differs from the recorded {(expected or ['?'])[0][:12]}...; "
+                              f"{fix}", path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -285,3 +306,57 @@ def load_weights(model: torch.nn.Module, state: dict, *, may_differ=(),
     if stray or result.unexpected_keys:      # cannot happen after the loop above; belt and braces
         raise CheckpointError(f"{source}: keys outside may_differ did not load: "
                               f"{sorted(stray | set(result.unexpected_keys))[:3]}")
+
+
+def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
+                    pattern: str = "*.pth", extra: tuple[str, ...] = ()):
+    """What an earlier run left in ``out_dir`` decides how this run starts.
+
+    Returns ``None`` (start from the beginning) or ``(path, checkpoint)`` to continue from.
+
+    * nothing there: ``None``;
+    * ``--resume``: the newest valid checkpoint, naming each corrupt one it skipped; an error
+      if checkpoints are there but none loads (never a silent fresh start over earlier work);
+    * ``--overwrite``: the earlier run's whole set (checkpoints, their ``.sha256`` files,
+      unfinished temp files, the ``extra`` folders such as ``tensorboard``) is removed first,
+      so no stale file is left beside the new set;
+    * neither: an error naming the files and the three ways on.
+    """
+    out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise NoteError("--resume and --overwrite together: pick one (continue the earlier "
+                        "run with --resume, or replace it with --overwrite)")
+    files = sorted((p for p in out_dir.glob(pattern) if not p.name.startswith(".")),
+                   key=lambda p: _natural(p.name))
+    folders = [out_dir / e for e in extra if (out_dir / e).is_dir() and
+               any((out_dir / e).iterdir())]
+    if not files and not folders:
+        if resume:
+            print(f"--resume: no checkpoint in {out_dir} yet; starting from the beginning")
+        return None
+    listed = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
+    found = ", ".join(filter(None, [listed, *(f"{f.name}/" for f in folders)]))
+    if overwrite:
+        leftovers = [*files, *out_dir.glob(pattern + ".sha256"), *out_dir.glob(".*.tmp")]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        for folder in folders:
+            shutil.rmtree(folder)
+        print(f"--overwrite: removed the earlier run from {out_dir} ({found})")
+        return None
+    if resume:
+        latest = latest_valid(out_dir, pattern)
+        if latest is None:
+            if not files:      # only logs (say TensorBoard) of a run that saved no checkpoint
+                print(f"--resume: no checkpoint in {out_dir} yet; starting from the beginning")
+                return None
+            raise CheckpointError(f"--resume: none of the {len(files)} checkpoints in {out_dir} "
+                                  f"loads (each is named above); to start again, pass "
+                                  f"--overwrite (removes them) or choose --out-dir NEW_DIR")
+        path, state = latest
+        print(f"--resume: continuing from {path.name} (epoch {state.get('epoch')}, "
+              f"step {state.get('step')})")
+        return latest
+    raise NoteError(f"--out-dir {out_dir} holds an earlier run ({found}); continue it with "
+                    f"--resume, replace it with --overwrite, or choose another folder with "
+                    f"--out-dir NEW_DIR")
