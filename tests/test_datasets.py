@@ -25,8 +25,6 @@ from torchnotes.datasets import (
     MNIST_CLASSES,
     SyntheticCIFAR10,
     SyntheticMNIST,
-    cifar10,
-    class_folders,
     data_root,
     fresh_folder,
     hymenoptera,
@@ -34,7 +32,8 @@ from torchnotes.datasets import (
     load_image,
     make_digits,
     make_hymenoptera,
-    mnist,
+    torchvision_errors,
+    use_real,
 )
 
 
@@ -136,14 +135,27 @@ def test_mnist_stand_in_is_learnable(one_thread):
     assert accuracy > 0.80, accuracy
 
 
-def test_mnist_chooser(tmp_path, capsys):
-    ds = mnist(train=False, source="auto", root=tmp_path, size=8)
-    assert isinstance(ds, SyntheticMNIST) and len(ds) == 8
-    assert "MNIST-shaped stand-in" in capsys.readouterr().out
-    with pytest.raises(NoteError, match=r"--data real: MNIST is not under .*MNIST/raw.*--download"):
-        mnist(source="real", root=tmp_path)
-    with pytest.raises(NoteError, match="expected auto, real or synthetic"):
-        mnist(source="online")
+def _args(tmp_path, data="auto", download=False, smoke=False):
+    import argparse
+
+    return argparse.Namespace(data=data, data_root=tmp_path, download=download, smoke=smoke)
+
+
+@pytest.mark.parametrize("name, marker", [("CIFAR-10", "cifar-10-batches-py/batches.meta"),
+                                          ("MNIST", "MNIST/raw/t10k-labels-idx1-ubyte")])
+def test_use_real_decides_and_says_so(tmp_path, capsys, name, marker):
+    assert not use_real(_args(tmp_path), name)                       # nothing on disk
+    assert f"built-in {name}-shaped stand-in" in capsys.readouterr().out
+    assert use_real(_args(tmp_path, download=True), name)            # auto + --download
+    with pytest.raises(NoteError, match=rf"--data real: {name} is not under .*--download"):
+        use_real(_args(tmp_path, data="real"), name)
+    (tmp_path / marker).parent.mkdir(parents=True)
+    (tmp_path / marker).write_bytes(b"")
+    capsys.readouterr()
+    assert use_real(_args(tmp_path), name) and f"real {name} from" in capsys.readouterr().out
+    assert not use_real(_args(tmp_path, data="synthetic"), name)
+    assert not use_real(_args(tmp_path, data="real", smoke=True), name)
+    assert "--data real is ignored" in capsys.readouterr().out
 
 
 # --- downloads: a failure says why and what to do; the socket timeout is bounded -----------
@@ -157,14 +169,13 @@ class _Unreachable:
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
 
-@pytest.mark.parametrize("chooser, attr, name", [(cifar10, "CIFAR10", "CIFAR-10"),
-                                                 (mnist, "MNIST", "MNIST")])
-def test_failed_download_is_a_clear_error(monkeypatch, tmp_path, chooser, attr, name):
+@pytest.mark.parametrize("attr, name", [("CIFAR10", "CIFAR-10"), ("MNIST", "MNIST")])
+def test_failed_download_is_a_clear_error(monkeypatch, tmp_path, attr, name):
     monkeypatch.setattr(torchvision.datasets, attr, _Unreachable)
     _Unreachable.timeouts = []
     before = socket.getdefaulttimeout()
-    with pytest.raises(NoteError) as err:
-        chooser(source="auto", root=tmp_path, download=True, timeout=7.5)
+    with pytest.raises(NoteError) as err, torchvision_errors(name, tmp_path, True, timeout=7.5):
+        getattr(torchvision.datasets, attr)(str(tmp_path), download=True)
     message = str(err.value)
     assert f"could not download {name} into {tmp_path}" in message
     assert "Temporary failure in name resolution" in message            # why
@@ -187,8 +198,9 @@ def test_corrupt_real_cifar10_is_a_clear_error(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     (folder / "batches.meta").write_bytes(b"not a pickle")          # looks present, is broken
-    with pytest.raises(NoteError, match=r"could not read CIFAR-10 from .*delete that folder"):
-        cifar10(source="real", root=tmp_path)
+    with pytest.raises(NoteError, match=r"could not read CIFAR-10 from .*delete that folder"), \
+            torchvision_errors("CIFAR-10", tmp_path, download=False):
+        torchvision.datasets.CIFAR10(str(tmp_path), train=True)
 
 
 def test_data_root_follows_the_env_var(monkeypatch, tmp_path):
@@ -204,8 +216,6 @@ def test_missing_folder(tmp_path):
         image_files(tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in str(err.value) and "does not exist" in str(err.value)
     assert "Expected" in str(err.value) and "data/README.md" in str(err.value)
-    with pytest.raises(NoteError, match="does not exist"):
-        class_folders(tmp_path / "nowhere")
 
 
 def test_empty_folder_and_folder_without_images(tmp_path):
@@ -215,15 +225,6 @@ def test_empty_folder_and_folder_without_images(tmp_path):
     (tmp_path / "notes.txt").write_text("not a picture")
     with pytest.raises(NoteError, match=r"holds no images \(only: \['notes.txt'\]\)"):
         image_files(tmp_path)
-
-
-def test_folder_without_class_subfolders(tmp_path):
-    Image.new("RGB", (8, 8)).save(tmp_path / "loose.jpg")
-    with pytest.raises(NoteError) as err:
-        class_folders(tmp_path)
-    message = str(err.value)
-    assert f"{tmp_path} has no class subfolders" in message and "loose.jpg" in message
-    assert "<class name>" in message and "own subfolder" in message
 
 
 def test_a_file_where_a_folder_is_expected(tmp_path):
@@ -269,7 +270,7 @@ def test_hymenoptera_stand_in_layout_and_real_jpegs(tmp_path):
     root = make_hymenoptera(tmp_path, seed=0, train_per_class=4, val_per_class=2)
     assert root == tmp_path / "hymenoptera_data"
     for split, n in (("train", 4), ("val", 2)):
-        assert class_folders(root / split) == ["ants", "bees"]
+        assert sorted(p.name for p in (root / split).iterdir()) == ["ants", "bees"]
         for kind in ("ants", "bees"):
             files = image_files(root / split / kind)
             assert len(files) == n and all(p.suffix == ".jpg" for p in files)
@@ -352,10 +353,10 @@ def test_hymenoptera_chooser_errors(tmp_path):
         hymenoptera("synthetic", out_dir=tmp_path / "runs", root=tmp_path)
     broken = tmp_path / "broken"
     (broken / "hymenoptera_data" / "train" / "ants").mkdir(parents=True)
-    with pytest.raises(NoteError, match=r"train has no \['bees'\] subfolder"):
-        hymenoptera("auto", out_dir=tmp_path / "out", root=broken)
-    (broken / "hymenoptera_data" / "train" / "bees").mkdir()
     with pytest.raises(NoteError, match=r"train/ants holds no images"):
+        hymenoptera("auto", out_dir=tmp_path / "out", root=broken)
+    Image.new("RGB", (4, 4)).save(broken / "hymenoptera_data" / "train" / "ants" / "a.jpg")
+    with pytest.raises(NoteError, match=r"train/bees does not exist"):
         hymenoptera("real", out_dir=tmp_path / "out", root=broken)
 
 

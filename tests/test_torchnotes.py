@@ -196,14 +196,13 @@ def test_stand_in_classes_are_all_present_and_distinct():
     assert gaps.min() > 1.0                        # every pair of class means differs
 
 
-def test_cifar10_chooser_errors_and_notice(tmp_path, capsys):
-    ds = cifar10(train=False, source="auto", root=tmp_path, size=8)
-    assert isinstance(ds, SyntheticCIFAR10)
+def test_cifar10_chooser_gives_the_stand_in_and_says_so(tmp_path, capsys):
+    ds = cifar10(train=False, source="auto", root=tmp_path, size=8, seed=2)
+    assert isinstance(ds, SyntheticCIFAR10) and len(ds) == 8
+    assert np.array_equal(ds.data, SyntheticCIFAR10(False, size=8, seed=2).data)
     assert "stand-in" in capsys.readouterr().out
     with pytest.raises(NoteError, match=r"--data real: CIFAR-10 is not under"):
         cifar10(source="real", root=tmp_path)
-    with pytest.raises(NoteError, match="expected auto, real or synthetic"):
-        cifar10(source="fake")
 
 
 def test_data_source_forces_stand_in_for_smoke():
@@ -230,15 +229,20 @@ def test_float64_device_avoids_mps():
     assert torchnotes.float64_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
 
 
-def test_cifar10_batch_gives_one_float_batch(tmp_path, capsys):
+def test_cifar10_batch_gives_one_float_batch_drawn_from_the_seed(tmp_path, capsys):
     from torchnotes.datasets import cifar10_batch
 
-    args = argparse.Namespace(smoke=True, data="auto", data_root=tmp_path, download=False)
-    images, labels = cifar10_batch(args, 6, train=True)
+    def batch(seed):
+        args = argparse.Namespace(smoke=True, data="auto", data_root=tmp_path, download=False,
+                                  seed=seed)
+        return cifar10_batch(args, 6, train=True)
+
+    images, labels = batch(0)
     assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
     assert labels.shape == (6,) and 0 <= images.min() and images.max() <= 1
     x, y = SyntheticCIFAR10(True, size=6).tensors()
     assert torch.equal(images, x) and torch.equal(labels, y)      # the same first n images
+    assert not torch.equal(batch(3)[0], images)                   # --seed 3: other images
 
 
 def test_check_never_passes_by_an_infinity():

@@ -1,17 +1,10 @@
 """Datasets for the notes: the real ones when present, learnable stand-ins when not.
 
-The stand-ins are generated from a seed, need no download, and are *learnable* (a small CNN
-reaches high accuracy on them, unlike random noise). They mirror the torchvision API of the
-real dataset they replace (``.data``, ``.targets``, ``.classes``, ``transform``), so the code
-that reads them is the code that reads the real thing.
-
-* CIFAR-10: :func:`cifar10` (real) or :class:`SyntheticCIFAR10` (shapes and patterns).
-* MNIST: :func:`mnist` (real) or :class:`SyntheticMNIST` (digits drawn with Pillow's font).
-* hymenoptera (ants vs bees): :func:`hymenoptera` returns the real image folder, or writes a
-  stand-in of real JPEG files in the same layout under the run's ``--out-dir``.
-
-Bad input (a missing or empty folder, no class subfolders, a file that is not an image) raises
-:class:`~torchnotes.NoteError` naming the path, the expected layout and the fix.
+The notes call torchvision themselves (``if use_real(args): CIFAR10(...) else:
+SyntheticCIFAR10(...)``); this module supplies what is not the lesson: the ``--data`` flags, the
+decision and its one-line notice, clear errors for failed downloads and bad image folders, and
+stand-ins generated from a seed with the real dataset's API (``.data``, ``.targets``,
+``.classes``, ``transform``). The stand-ins are learnable, unlike random noise.
 """
 
 from __future__ import annotations
@@ -27,13 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .cli import NoteError
 from .curriculum import REPO_ROOT
 
 DATA_ENV_VAR = "TORCHNOTES_DATA"
+DOWNLOAD_TIMEOUT_S = 60.0   # seconds a stalled connection may wait before the download fails
+_REAL = {  # name -> (a file under the data root that shows it is there, download size)
+    "CIFAR-10": ("cifar-10-batches-py/batches.meta", "about 170 MB"),
+    "MNIST": ("MNIST/raw/t10k-labels-idx1-ubyte", "about 12 MB"),
+}
 
 
 def data_root() -> Path:
@@ -57,180 +55,8 @@ def data_source(args: argparse.Namespace) -> str:
     """The source a run uses: smoke runs always use the stand-in, whatever --data says."""
     return "synthetic" if getattr(args, "smoke", False) else args.data
 
-# ---------------------------------------------------------------------------------------------
-# CIFAR-shaped stand-in: 3x32x32 RGB, ten named classes of shapes and patterns
-# ---------------------------------------------------------------------------------------------
 
-SHAPE_CLASSES = ("disc", "ring", "square", "diamond", "triangle",
-                 "cross", "h_stripes", "v_stripes", "checker", "dots")
-
-
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(N,) hue/saturation/value in [0,1] -> (N, 3) RGB in [0,1]."""
-    k = torch.stack([torch.full_like(h, n) for n in (5.0, 3.0, 1.0)], dim=1)  # (N, 3)
-    k = (k + h[:, None] * 6.0) % 6.0
-    return v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
-
-
-def _shape_masks(labels: torch.Tensor, g: torch.Generator, size: int) -> torch.Tensor:
-    """(N,) class ids -> (N, size, size) anti-aliased masks in [0,1] of each class's shape."""
-    n = labels.numel()
-    coords = torch.arange(size, dtype=torch.float32)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")                      # (S, S)
-
-    def u(lo, hi):                                                              # (N, 1, 1)
-        return lo + (hi - lo) * torch.rand(n, 1, 1, generator=g)
-
-    r = u(size * 0.20, size * 0.34)                                             # radius
-    cx, cy = u(0.0, 1.0) * (size - 1 - 2 * r) + r, u(0.0, 1.0) * (size - 1 - 2 * r) + r
-    angle = u(-0.2, 0.2)                                                        # rotation
-    period, phase = u(5.0, 8.0), u(0.0, 2 * math.pi)
-    masks = torch.empty(n, size, size)
-    for k in range(len(SHAPE_CLASSES)):
-        i = (labels == k).nonzero().flatten()
-        if i.numel() == 0:
-            continue
-        r_, p_, ph = r[i], period[i], phase[i]
-        dx0, dy0 = xx - cx[i], yy - cy[i]                                       # (n_k, S, S)
-        c, s = torch.cos(angle[i]), torch.sin(angle[i])
-        dx, dy = dx0 * c + dy0 * s, -dx0 * s + dy0 * c
-        d = torch.sqrt(dx**2 + dy**2)
-        wave_x = torch.sin(2 * math.pi * xx / p_ + ph)
-        wave_y = torch.sin(2 * math.pi * yy / p_ + ph)
-        inside = {  # a signed value: > 0 inside the shape, < 0 outside (about pixels)
-            "disc": r_ - d,
-            "ring": r_ * 0.28 - (d - r_ * 0.72).abs(),
-            "square": r_ * 0.85 - torch.maximum(dx.abs(), dy.abs()),
-            "diamond": r_ * 1.15 - (dx.abs() + dy.abs()),
-            "triangle": torch.minimum(torch.minimum(r_ * 0.8 - dy, dy + r_),
-                                      (dy + r_) * 0.6 - dx.abs()),
-            "cross": torch.maximum(torch.minimum(r_ * 0.3 - dx.abs(), r_ - dy.abs()),
-                                   torch.minimum(r_ * 0.3 - dy.abs(), r_ - dx.abs())),
-            "h_stripes": 2.0 * wave_y.expand_as(d),
-            "v_stripes": 2.0 * wave_x.expand_as(d),
-            "checker": 3.0 * wave_x * wave_y,
-            "dots": p_ * 0.22 - torch.sqrt(((xx + ph) % p_ - p_ / 2) ** 2
-                                           + ((yy + ph) % p_ - p_ / 2) ** 2),
-        }[SHAPE_CLASSES[k]]
-        masks[i] = (inside * 1.5).clamp(-0.5, 0.5) + 0.5
-    return masks
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one CPU thread inside the block (the stand-in generators' small ops).
-
-    Their tensors are small, so extra threads barely help on an idle machine and cost 10-30x
-    when the cores are busy (threads spin waiting for each other). Results are identical.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def make_shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` stand-in images: ``(uint8 array (n, size, size, 3), int64 labels (n,))``.
-
-    Each class is a shape or pattern; its colour is random with a class-dependent hue bias
-    (neighbouring classes overlap, so the shape is needed); background, position, scale,
-    rotation and pixel noise are random. Deterministic in ``seed``.
-    """
-    with _one_thread():
-        return _make_shapes(n, seed, size)
-
-
-def _make_shapes(n: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    g = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for start in range(0, n, 4096):                        # chunks keep memory small
-        m = min(4096, n - start)
-        y = torch.randint(0, len(SHAPE_CLASSES), (m,), generator=g)
-        mask = _shape_masks(y, g, size)[:, :, :, None]     # (m, S, S, 1)
-        hue = (y.float() / len(SHAPE_CLASSES) + 0.12 * torch.randn(m, generator=g)) % 1.0
-        fg = _hsv_to_rgb(hue, 0.5 + 0.5 * torch.rand(m, generator=g),
-                         0.65 + 0.35 * torch.rand(m, generator=g))          # (m, 3)
-        bg = _hsv_to_rgb(torch.rand(m, generator=g), 0.4 * torch.rand(m, generator=g),
-                         0.35 * torch.rand(m, generator=g))                  # (m, 3), dark
-        light = torch.rand(m, generator=g) < 0.3           # some images: light background
-        bg[light] = 1.0 - bg[light] * 0.5
-        fg[light] = fg[light] * 0.6
-        img = bg[:, None, None, :] * (1 - mask) + fg[:, None, None, :] * mask
-        img = img + 0.06 * torch.randn(m, size, size, 3, generator=g)
-        images.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
-        labels.append(y)
-    return torch.cat(images).numpy(), torch.cat(labels).numpy()
-
-
-class _StandIn(Dataset):
-    """What the stand-ins share: a torchvision dataset's API over images made from a seed.
-
-    Subclasses set ``classes`` and implement ``_generate(n, seed)`` (filling ``data`` and
-    ``targets``) and ``_item(index)`` (returning ``(PIL image, int label)``).
-    """
-
-    classes: list[str]
-
-    def __init__(self, train: bool = True, transform=None, target_transform=None,
-                 size: int | None = None, seed: int = 0):
-        self.train = train
-        self.transform = transform
-        self.target_transform = target_transform
-        n = size if size is not None else (10_000 if train else 2_000)
-        if n <= 0:
-            raise ValueError(f"size={n}: a dataset needs at least one image")
-        self._generate(n, seed=2 * seed + (0 if train else 1))   # the splits never overlap
-        self.classes = list(self.classes)                          # this instance's own copy
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        img, target = self._item(index)
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def __repr__(self) -> str:
-        split = "train" if self.train else "test"
-        name, count = type(self).__name__, len(self.classes)
-        return f"{name}(split={split}, size={len(self)}, classes={count})"
-
-
-class SyntheticCIFAR10(_StandIn):
-    """A CIFAR-10-shaped stand-in with the same API as ``torchvision.datasets.CIFAR10``.
-
-    ``data`` is uint8 ``(N, 32, 32, 3)``, ``targets`` a list of ints, ``classes`` ten names;
-    ``__getitem__`` returns ``(PIL image, label)`` passed through ``transform``. The train and
-    test splits are drawn from different seeds, so the test split is really held out.
-    """
-
-    classes = list(SHAPE_CLASSES)
-
-    def _generate(self, n: int, seed: int) -> None:
-        self.data, labels = make_shapes(n, seed=seed)
-        self.targets = labels.tolist()
-
-    def _item(self, index: int):
-        return Image.fromarray(self.data[index]), self.targets[index]
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images as float ``(N, 3, 32, 32)`` in [0,1] and labels ``(N,)``, no transform."""
-        x = torch.from_numpy(self.data).permute(0, 3, 1, 2).float().div_(255)
-        return x, torch.tensor(self.targets)
-
-
-# ---------------------------------------------------------------------------------------------
-# Real datasets through torchvision, with a bounded download
-# ---------------------------------------------------------------------------------------------
-
-DOWNLOAD_TIMEOUT_S = 60.0   # seconds a stalled connection may wait before the download fails
-
+# --- real datasets: the decision, a bounded download, one clear error -------------------------
 
 @contextlib.contextmanager
 def socket_timeout(seconds: float):
@@ -249,60 +75,8 @@ def short_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
-def _call_torchvision(name: str, make, root: Path, download: bool, timeout: float):
-    """Call ``make()`` (a torchvision dataset constructor); any failure becomes a NoteError."""
-    try:
-        with socket_timeout(timeout):
-            return make()
-    except Exception as err:  # network and file errors come in many types; all mean the same
-        if download:
-            raise NoteError(
-                f"could not download {name} into {root} ({short_reason(err)}). Check the internet "
-                f"connection (or proxy) and run again with --download; or fetch it by hand as "
-                f"data/README.md describes; or use --data synthetic for the built-in stand-in."
-            ) from None
-        raise NoteError(
-            f"could not read {name} from {root} ({short_reason(err)}). The files may be "
-            f"incomplete: delete that folder and fetch it again with --download (see "
-            f"data/README.md), or use --data synthetic for the built-in stand-in.") from None
-
-
-def _real_or_stand_in(name: str, folder: str, size_note: str, *, has_real, make_real,
-                      make_stand_in, unit: str, train: bool, source: str, root, size,
-                      download: bool, verbose: bool, timeout: float):
-    """The chooser behind :func:`cifar10` and :func:`mnist` (see cifar10's docstring)."""
-    if source not in ("auto", "real", "synthetic"):
-        raise NoteError(f"--data {source}: expected auto, real or synthetic")
-    root = Path(root) if root is not None else data_root()
-    split = "train" if train else "test"
-    if source == "real" or (source == "auto" and (has_real(root) or download)):
-        if not has_real(root) and not download:
-            raise NoteError(
-                f"--data real: {name} is not under {root}/{folder}. Fetch it with --download "
-                f"({size_note}), or use --data synthetic for the built-in stand-in.")
-        ds = _call_torchvision(name, lambda: make_real(str(root)), root, download, timeout)
-        if size is not None and size < len(ds):
-            ds.data, ds.targets = ds.data[:size], ds.targets[:size]
-        if verbose:
-            print(f"data: real {name} from {root} ({split}, {len(ds)} images)")
-        return ds
-    ds = make_stand_in()
-    if verbose:
-        print(f"data: built-in {name}-shaped stand-in ({len(ds)} {split} {unit}, no download); "
-              f"for real {name} add --download or see data/README.md")
-    return ds
-
-
-_REAL = {  # name -> (folder under the data root that proves it is there, download size)
-    "CIFAR-10": ("cifar-10-batches-py/batches.meta", "about 170 MB"),
-    "MNIST": ("MNIST/raw/t10k-labels-idx1-ubyte", "about 12 MB"),
-}
-
-
 def use_real(args: argparse.Namespace, name: str = "CIFAR-10", *, verbose: bool = True) -> bool:
-    """Should this run load the real ``name`` (``"CIFAR-10"`` or ``"MNIST"``)?
-
-    The note then shows the branch itself::
+    """Should this run load the real ``name`` (``"CIFAR-10"`` or ``"MNIST"``)? The note shows::
 
         if use_real(args):
             ds = torchvision.datasets.CIFAR10(root, train=False, transform=tf,
@@ -310,24 +84,23 @@ def use_real(args: argparse.Namespace, name: str = "CIFAR-10", *, verbose: bool 
         else:
             ds = SyntheticCIFAR10(train=False, transform=tf, size=n, seed=args.seed)
 
-    ``--data real``: yes (NoteError naming the folder if the files are missing and
-    ``--download`` is not given); ``--data synthetic`` and ``--smoke``: no (a smoke run says when
-    it overrides ``--data real``); ``auto``: yes when the files are on disk or ``--download``.
-    Prints the one-line data notice.
+    ``--data real``: yes (NoteError naming the folder if the files are missing and no
+    ``--download``); ``synthetic`` and ``--smoke``: no (a smoke run says when it overrides
+    ``--data real``); ``auto``: when the files are on disk or ``--download``. Prints the notice.
     """
     marker, size_note = _REAL[name]
     root = Path(args.data_root) if getattr(args, "data_root", None) else data_root()
+    present = (root / marker).is_file()
     if getattr(args, "smoke", False):
         if args.data == "real":
             print("data: --smoke always uses the built-in stand-in; --data real is ignored")
         real = False
-    elif args.data == "real" and not (root / marker).is_file() and not args.download:
+    elif args.data == "real" and not present and not args.download:
         raise NoteError(f"--data real: {name} is not under {root / Path(marker).parts[0]}. "
                         f"Fetch it with --download ({size_note}), or use --data synthetic for "
                         f"the built-in stand-in.")
     else:
-        real = args.data == "real" or (args.data == "auto" and
-                                        ((root / marker).is_file() or args.download))
+        real = args.data == "real" or (args.data == "auto" and (present or args.download))
     if verbose:
         print(f"data: real {name} from {root}" if real else
               f"data: built-in {name}-shaped stand-in (no download); for real {name} add "
@@ -355,217 +128,219 @@ def torchvision_errors(name: str, root, download: bool, timeout: float = DOWNLOA
             f"data/README.md), or use --data synthetic for the built-in stand-in.") from None
 
 
-def _has_real_cifar10(root: Path) -> bool:
-    return (Path(root) / "cifar-10-batches-py" / "batches.meta").is_file()
+# --- stand-ins with torchvision's API -------------------------------------------------------
+
+@contextlib.contextmanager
+def _one_thread():
+    """Small tensor ops on one thread: extra threads cost 10-30x on busy cores, same result."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
-def cifar10(train: bool = True, transform=None, *, source: str = "auto",
-            root: str | Path | None = None, size: int | None = None, seed: int = 0,
-            download: bool = False, verbose: bool = True,
-            timeout: float = DOWNLOAD_TIMEOUT_S):
-    """CIFAR-10 when it is under ``root`` (or ``download=True``), else the stand-in.
+class _StandIn(Dataset):
+    """A torchvision dataset's API over images made from a seed (``_generate``, ``_item``)."""
 
-    ``source``: ``auto`` (real if present, else stand-in), ``real`` or ``synthetic``.
-    ``size`` caps the number of images (both sources), so smoke runs stay small.
-    ``download`` fetches it with torchvision (progress bar; ``timeout`` seconds per stalled
-    socket operation); a failed download raises NoteError saying why and what to do.
-    """
-    from torchvision.datasets import CIFAR10
+    classes: list[str]
 
-    return _real_or_stand_in(
-        "CIFAR-10", "cifar-10-batches-py", "about 170 MB", has_real=_has_real_cifar10,
-        make_real=lambda r: CIFAR10(r, train=train, transform=transform, download=download),
-        make_stand_in=lambda: SyntheticCIFAR10(train=train, transform=transform, size=size,
-                                               seed=seed),
-        unit="images", train=train, source=source, root=root, size=size, download=download,
-        verbose=verbose, timeout=timeout)
+    def __init__(self, train: bool = True, transform=None, target_transform=None,
+                 size: int | None = None, seed: int = 0):
+        self.train, self.transform, self.target_transform = train, transform, target_transform
+        n = size if size is not None else (10_000 if train else 2_000)
+        if n <= 0:
+            raise ValueError(f"size={n}: a dataset needs at least one image")
+        with _one_thread():
+            self._generate(n, seed=2 * seed + (0 if train else 1))   # splits never overlap
+        self.classes = list(self.classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
+    def __len__(self) -> int:
+        return len(self.targets)
 
-def cifar10_batch(args: argparse.Namespace, n: int, *, train: bool = False,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images of the source the flags choose, as one batch on ``device``.
+    def __getitem__(self, index: int):
+        img, target = self._item(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
-    Returns float images ``(n, 3, 32, 32)`` in [0, 1] (``ToTensor``) and labels ``(n,)``.
-    ``args`` carries the data flags (``add_data_args``) and ``--smoke``.
-    """
-    from torch.utils.data import DataLoader
-    from torchvision.transforms import ToTensor
-
-    ds = cifar10(train=train, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, download=args.download)
-    images, labels = next(iter(DataLoader(ds, batch_size=n)))
-    return images.to(device), labels.to(device)
+    def __repr__(self) -> str:
+        split = "train" if self.train else "test"
+        return f"{type(self).__name__}(split={split}, size={len(self)})"
 
 
-# ---------------------------------------------------------------------------------------------
-# MNIST-shaped stand-in: 1x28x28 digits drawn with Pillow's bundled font under affine jitter
-# ---------------------------------------------------------------------------------------------
+SHAPE_CLASSES = ("disc", "ring", "square", "diamond", "triangle",
+                 "cross", "h_stripes", "v_stripes", "checker", "dots")
+
+
+def make_shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images ``uint8 (n, size, size, 3)`` and labels ``(n,)``: one shape or pattern per
+    class, random colour (hue biased by class), background, position, scale, rotation, noise."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [_shapes(min(2048, n - i), g, size) for i in range(0, n, 2048)]   # bounded memory
+    return (torch.cat([x for x, _ in parts]).numpy(), torch.cat([y for _, y in parts]).numpy())
+
+
+def _shapes(n: int, g: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
+                            torch.arange(size, dtype=torch.float32), indexing="ij")   # (S, S)
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=g)
+
+    def hsv(h, s, v):                                                       # (n,) -> (n, 3)
+        k = (torch.tensor([5.0, 3.0, 1.0]) + h[:, None] * 6.0) % 6.0
+        return v[:, None] * (1 - s[:, None] * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+
+    y = torch.randint(0, len(SHAPE_CLASSES), (n,), generator=g)
+    r = u(size * 0.20, size * 0.34, n, 1, 1)
+    cx, cy = u(0, 1, n, 1, 1) * (size - 1 - 2 * r) + r, u(0, 1, n, 1, 1) * (size - 1 - 2 * r) + r
+    angle, p, ph = u(-0.2, 0.2, n, 1, 1), u(5.0, 8.0, n, 1, 1), u(0, 2 * math.pi, n, 1, 1)
+    dx0, dy0 = xx - cx, yy - cy                                             # (n, S, S)
+    dx = dx0 * torch.cos(angle) + dy0 * torch.sin(angle)
+    dy = -dx0 * torch.sin(angle) + dy0 * torch.cos(angle)
+    d = (dx**2 + dy**2).sqrt()
+    wx, wy = torch.sin(2 * math.pi * xx / p + ph), torch.sin(2 * math.pi * yy / p + ph)
+    inside = torch.stack([  # per class: > 0 inside the shape, < 0 outside (about pixels)
+        r - d, r * 0.28 - (d - r * 0.72).abs(), r * 0.85 - torch.maximum(dx.abs(), dy.abs()),
+        r * 1.15 - (dx.abs() + dy.abs()),
+        torch.minimum(torch.minimum(r * 0.8 - dy, dy + r), (dy + r) * 0.6 - dx.abs()),
+        torch.maximum(torch.minimum(r * 0.3 - dx.abs(), r - dy.abs()),
+                      torch.minimum(r * 0.3 - dy.abs(), r - dx.abs())),
+        2.0 * wy.expand_as(d), 2.0 * wx.expand_as(d), 3.0 * wx * wy,
+        p * 0.22 - (((xx + ph) % p - p / 2) ** 2 + ((yy + ph) % p - p / 2) ** 2).sqrt()])
+    mask = ((inside[y, torch.arange(n)] * 1.5).clamp(-0.5, 0.5) + 0.5)[..., None]  # (n,S,S,1)
+    hue = (y.float() / len(SHAPE_CLASSES) + 0.12 * torch.randn(n, generator=g)) % 1.0
+    fg = hsv(hue, u(0.5, 1.0, n), u(0.65, 1.0, n))
+    bg = hsv(u(0, 1, n), u(0, 0.4, n), u(0, 0.35, n))                        # dark
+    light = torch.rand(n, generator=g) < 0.3                                 # or light
+    bg[light], fg[light] = 1.0 - bg[light] * 0.5, fg[light] * 0.6
+    img = bg[:, None, None] * (1 - mask) + fg[:, None, None] * mask
+    img = img + 0.06 * torch.randn(n, size, size, 3, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+
+class SyntheticCIFAR10(_StandIn):
+    """``torchvision.datasets.CIFAR10``'s API: ``data`` uint8 ``(N, 32, 32, 3)``, ``targets`` a
+    list of ints, ten ``classes``; items are ``(PIL image, label)`` through ``transform``."""
+
+    classes = list(SHAPE_CLASSES)
+
+    def _generate(self, n: int, seed: int) -> None:
+        self.data, labels = make_shapes(n, seed)
+        self.targets = labels.tolist()
+
+    def _item(self, index: int):
+        return Image.fromarray(self.data[index]), self.targets[index]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as float ``(N, 3, 32, 32)`` in [0,1] and labels ``(N,)``, no transform."""
+        return (torch.from_numpy(self.data).permute(0, 3, 1, 2).float().div_(255),
+                torch.tensor(self.targets))
+
 
 MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
                  "5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine")  # torchvision's
-_GLYPH_CANVAS = 48
-_GLYPH_STROKES = (0, 1, 2)                 # thin, regular, bold pens
-
-
-def _digit_glyphs() -> torch.Tensor:
-    """``(strokes, 10, 48, 48)`` float masks in [0,1]: each digit centred, one per pen width."""
-    font = ImageFont.load_default(size=34)  # Pillow's bundled TrueType font (Aileron)
-    c = _GLYPH_CANVAS
-    out = torch.empty(len(_GLYPH_STROKES), 10, c, c)
-    for si, stroke in enumerate(_GLYPH_STROKES):
-        for digit in range(10):
-            img = Image.new("L", (c, c), 0)
-            ImageDraw.Draw(img).text((c / 2, c / 2), str(digit), fill=255, font=font,
-                                     anchor="mm", stroke_width=stroke, stroke_fill=255)
-            out[si, digit] = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)
-    return out
 
 
 def make_digits(n: int, seed: int, size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` stand-in digits: ``(uint8 tensor (n, size, size), int64 labels (n,))``.
+    """``n`` digits ``uint8 (n, size, size)`` and labels ``(n,)``: Pillow's font at three pen
+    widths, randomly rotated, sheared, scaled and shifted; white on black, about 20 px tall."""
+    font, c = ImageFont.load_default(size=34), 48                # Pillow's bundled TrueType
+    bank = torch.empty(3, 10, c, c)                              # (pen, digit, 48, 48) masks
+    for pen in range(3):
+        for digit in range(10):
+            img = Image.new("L", (c, c), 0)
+            ImageDraw.Draw(img).text((c / 2, c / 2), str(digit), fill=255, font=font,
+                                     anchor="mm", stroke_width=pen, stroke_fill=255)
+            bank[pen, digit] = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)
+    g = torch.Generator().manual_seed(seed)
+    parts = [_digits(min(4096, n - i), g, bank, size) for i in range(0, n, 4096)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
-    Each digit is drawn with a random pen width, then rotated, sheared, scaled and shifted by
-    a random affine map (white on black, about 20 px tall like MNIST). Deterministic in ``seed``.
-    """
-    with _one_thread():
-        return _make_digits(n, seed, size)
 
-
-def _make_digits(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _digits(n: int, g: torch.Generator, bank: torch.Tensor, size: int):
     import torch.nn.functional as F
 
-    g = torch.Generator().manual_seed(seed)
-    bank = _digit_glyphs()
-    images, labels = [], []
-    for start in range(0, n, 4096):                        # chunks keep memory small
-        m = min(4096, n - start)
-        y = torch.randint(0, 10, (m,), generator=g)
-        pen = torch.randint(0, len(_GLYPH_STROKES), (m,), generator=g)
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=g)
 
-        def u(lo, hi, m=m):
-            return lo + (hi - lo) * torch.rand(m, generator=g)
-
-        angle, scale, shear = u(-0.3, 0.3), u(0.85, 1.1), u(-0.3, 0.3)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        # output -> input coordinates (what affine_grid wants): rotate, shear, then zoom
-        # 0.8 / scale so a glyph about 24 of 48 px tall fills about 20 of 28 px.
-        a = torch.stack([torch.stack([cos, -sin + shear * cos], 1),
-                         torch.stack([sin, cos + shear * sin], 1)], 1)      # (m, 2, 2)
-        a = a * (0.8 / scale)[:, None, None]
-        shift = torch.stack([u(-0.12, 0.12), u(-0.12, 0.12)], 1)[:, :, None]  # (m, 2, 1)
-        theta = torch.cat([a, shift], 2)                                    # (m, 2, 3)
-        grid = F.affine_grid(theta, (m, 1, size, size), align_corners=False)
-        img = F.grid_sample(bank[pen, y][:, None], grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=False)    # (m, 1, S, S)
-        img = img[:, 0] * u(0.8, 1.0)[:, None, None]                        # ink intensity
-        images.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
-        labels.append(y)
-    return torch.cat(images), torch.cat(labels)
+    y, pen = torch.randint(0, 10, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
+    angle, scale, shear = u(-0.3, 0.3), u(0.85, 1.1), u(-0.3, 0.3)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    a = torch.stack([torch.stack([cos, -sin + shear * cos], 1),             # output -> input
+                     torch.stack([sin, cos + shear * sin], 1)], 1) * (0.8 / scale)[:, None, None]
+    theta = torch.cat([a, torch.stack([u(-0.12, 0.12), u(-0.12, 0.12)], 1)[:, :, None]], 2)
+    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)    # (n, S, S, 2)
+    img = F.grid_sample(bank[pen, y][:, None], grid, align_corners=False)[:, 0] \
+        * u(0.8, 1.0)[:, None, None]                                          # ink intensity
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
 
 
 class SyntheticMNIST(_StandIn):
-    """An MNIST-shaped stand-in with the same API as ``torchvision.datasets.MNIST``.
-
-    ``data`` is a uint8 tensor ``(N, 28, 28)``, ``targets`` an int64 tensor ``(N,)``,
-    ``classes`` torchvision's ten names; ``__getitem__`` returns ``(PIL image mode "L",
-    int label)`` passed through ``transform``. Train and test use different seeds.
-    """
+    """``torchvision.datasets.MNIST``'s API: ``data`` uint8 ``(N, 28, 28)``, ``targets`` int64
+    ``(N,)``, torchvision's ``classes``; items are ``(PIL image "L", int)`` via ``transform``."""
 
     classes = list(MNIST_CLASSES)
 
     def _generate(self, n: int, seed: int) -> None:
-        self.data, self.targets = make_digits(n, seed=seed)
+        self.data, self.targets = make_digits(n, seed)
 
     def _item(self, index: int):
-        img = Image.fromarray(self.data[index].numpy())          # (28, 28) uint8 -> mode "L"
-        return img, int(self.targets[index])
+        return Image.fromarray(self.data[index].numpy()), int(self.targets[index])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images as float ``(N, 1, 28, 28)`` in [0,1] and labels ``(N,)``, no transform."""
         return self.data[:, None].float().div_(255), self.targets.clone()
 
 
-def _has_real_mnist(root: Path) -> bool:
-    raw = Path(root) / "MNIST" / "raw"
-    return all((raw / f).is_file() for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+def cifar10(train: bool = True, transform=None, *, source: str = "auto", root=None,
+            size: int | None = None, seed: int = 0, download: bool = False,
+            verbose: bool = True):
+    """Real CIFAR-10 (first ``size`` images) or the stand-in, as :func:`use_real` decides.
 
-
-def mnist(train: bool = True, transform=None, *, source: str = "auto",
-          root: str | Path | None = None, size: int | None = None, seed: int = 0,
-          download: bool = False, verbose: bool = True, timeout: float = DOWNLOAD_TIMEOUT_S):
-    """MNIST when it is under ``root/MNIST/raw`` (or ``download=True``), else the stand-in.
-
-    Same choices as :func:`cifar10`.
+    Kept for training/model.py; a note shows this branch itself.
     """
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import CIFAR10
 
-    return _real_or_stand_in(
-        "MNIST", "MNIST/raw", "about 12 MB", has_real=_has_real_mnist,
-        make_real=lambda r: MNIST(r, train=train, transform=transform, download=download),
-        make_stand_in=lambda: SyntheticMNIST(train=train, transform=transform, size=size,
-                                             seed=seed),
-        unit="digits", train=train, source=source, root=root, size=size, download=download,
-        verbose=verbose, timeout=timeout)
+    if not use_real(argparse.Namespace(data=source, data_root=root, download=download),
+                    "CIFAR-10", verbose=verbose):
+        return SyntheticCIFAR10(train=train, transform=transform, size=size, seed=seed)
+    root = Path(root) if root else data_root()
+    with torchvision_errors("CIFAR-10", root, download):
+        ds = CIFAR10(str(root), train=train, transform=transform, download=download)
+    if size is not None:
+        ds.data, ds.targets = ds.data[:size], ds.targets[:size]
+    return ds
 
 
-# ---------------------------------------------------------------------------------------------
-# Image folders: clear errors for bad input
-# ---------------------------------------------------------------------------------------------
+def cifar10_batch(args: argparse.Namespace, n: int, *, train: bool = False,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images (``ToTensor``: float ``(n, 3, 32, 32)`` in [0, 1]) and labels of
+    the source the flags choose (``add_data_args``, ``--smoke``, ``--seed``), on ``device``."""
+    from torchvision.transforms import ToTensor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+    ds = cifar10(train=train, transform=ToTensor(), source=data_source(args),
+                 root=args.data_root, size=n, seed=getattr(args, "seed", 0),
+                 download=args.download)
+    images = torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+    return images.to(device), torch.tensor(ds.targets[:n]).to(device)
+
+
+# --- image folders: clear errors for bad input ----------------------------------------------
+
 FOLDER_LAYOUT = "<folder>/<class name>/<image>.jpg (one subfolder per class)"
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")         # skip .DS_Store, .ipynb_checkpoints, ...
-
-
-def _must_be_folder(folder: Path, layout: str) -> None:
-    if not folder.exists():
-        raise NoteError(
-            f"{folder} does not exist. Expected {layout}. Fix: check the path (or --data-root); "
-            f"data/README.md says where each dataset goes and how to get it.")
-    if not folder.is_dir():
-        raise NoteError(f"{folder} is a file, not a folder. Expected {layout}. Fix: pass the "
-                        f"folder that holds the images.")
-
-
-def class_folders(folder: str | Path, *, layout: str = FOLDER_LAYOUT) -> list[str]:
-    """The class subfolders of ``folder``, sorted (the order ``ImageFolder`` numbers them)."""
-    folder = Path(folder)
-    _must_be_folder(folder, layout)
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and _visible(p))
-    if not classes:
-        found = sorted(p.name for p in folder.iterdir() if _visible(p))[:3]
-        raise NoteError(
-            f"{folder} has no class subfolders (found: {found or 'nothing'}). Expected {layout}. "
-            f"Fix: put each class's images in its own subfolder, e.g. {folder}/ants/*.jpg.")
-    return classes
-
-
-def image_files(folder: str | Path, *, layout: str = FOLDER_LAYOUT) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name; other files are skipped."""
-    folder = Path(folder)
-    _must_be_folder(folder, layout)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        other = f" (only: {[p.name for p in files[:3]]})" if files else ""
-        raise NoteError(
-            f"{folder} holds no images{other}. Expected {layout}, with files ending in "
-            f"{', '.join(IMAGE_EXTENSIONS[:3])}, ... Fix: copy or unzip the images there "
-            f"(see data/README.md), or use --data synthetic for the built-in stand-in.")
-    return images
-
-
-def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Open an image file fully (so a truncated file fails here) and convert it to ``mode``."""
-    path = Path(path)
+@contextlib.contextmanager
+def image_errors(path):
+    """Around ``Image.open(path)``: a missing or unreadable file becomes a NoteError naming it."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert(mode)
+        yield
     except FileNotFoundError:
         raise NoteError(f"{path} does not exist (was it deleted while the script ran?). "
                         f"Fix: check the folder, or run again.") from None
@@ -576,21 +351,36 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
             from None
 
 
-# ---------------------------------------------------------------------------------------------
-# hymenoptera (ants vs bees): the real folder, or a stand-in of real JPEG files on disk
-# ---------------------------------------------------------------------------------------------
+def load_image(path, mode: str = "RGB") -> Image.Image:
+    """Open an image file fully (a truncated file fails here) and convert it to ``mode``."""
+    with image_errors(path), Image.open(path) as img:
+        return img.convert(mode)
 
-HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
-HYMENOPTERA_CLASSES = ("ants", "bees")
-HYMENOPTERA_LAYOUT = "hymenoptera_data/{train,val}/{ants,bees}/*.jpg"
+
+def image_files(folder, *, layout: str = FOLDER_LAYOUT) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name (hidden and other files
+    skipped); NoteError naming the folder, the layout and the fix if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise NoteError(f"{folder} {what}. Expected {layout}. Fix: check the path (or "
+                        f"--data-root); data/README.md says where each dataset goes.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    if not images:
+        other = f" (only: {[p.name for p in files[:3]]})" if files else ""
+        raise NoteError(f"{folder} holds no images{other}. Expected {layout}, with .jpg or .png "
+                        f"files. Fix: copy or unzip the images there (see data/README.md), or "
+                        f"use --data synthetic for the built-in stand-in.")
+    return images
+
+
 GENERATED_MARKER = ".torchnotes-generated"   # marks a folder torchnotes made (safe to replace)
 
 
-def fresh_folder(folder: str | Path) -> Path:
-    """An empty ``folder`` to generate files into, replacing one torchnotes generated before.
-
-    A folder torchnotes did not make (no marker file) is never deleted: that is an error.
-    """
+def fresh_folder(folder) -> Path:
+    """An empty ``folder`` to generate files into, replacing one torchnotes generated before;
+    a non-empty folder torchnotes did not make (no marker file) is never deleted: NoteError."""
     folder = Path(folder)
     if folder.exists():
         if (folder / GENERATED_MARKER).is_file():
@@ -598,171 +388,79 @@ def fresh_folder(folder: str | Path) -> Path:
         elif folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         else:
-            raise NoteError(
-                f"{folder} already exists and was not generated by these notes, so it is not "
-                f"replaced. Fix: move it away, or choose another --out-dir.")
+            raise NoteError(f"{folder} already exists and was not generated by these notes, so "
+                            f"it is not replaced. Fix: move it away, or choose another --out-dir.")
     folder.mkdir(parents=True)
     (folder / GENERATED_MARKER).write_text("generated by torchnotes; safe to delete\n")
     return folder
 
 
-def _insect_background(rng: random.Random, w: int, h: int) -> Image.Image:
-    """Soft blobs of a natural palette (leaves, soil, sky, flower), the same for both classes."""
-    palettes = [((70, 120, 50), (120, 170, 80)), ((150, 120, 80), (200, 170, 120)),
-                ((150, 180, 210), (220, 230, 240)), ((200, 80, 120), (240, 170, 200))]
-    a, b = rng.choice(palettes)
-    img = Image.new("RGB", (w, h), a)
-    draw = ImageDraw.Draw(img)
-    for _ in range(rng.randint(6, 14)):
-        r = rng.randint(w // 10, w // 3)
-        x, y = rng.randint(0, w), rng.randint(0, h)
-        colour = tuple(int(ca + (cb - ca) * rng.random()) for ca, cb in zip(a, b, strict=True))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-    return img.filter(ImageFilter.GaussianBlur(w / 25))
+# --- hymenoptera (ants vs bees): the real folder, or a stand-in of JPEG files on disk ---------
+
+HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+HYMENOPTERA_LAYOUT = "hymenoptera_data/{train,val}/{ants,bees}/*.jpg"
 
 
-def _draw_ant(rng: random.Random, side: int) -> Image.Image:
-    """A dark, elongated body of three segments with six legs and antennae (RGBA layer)."""
-    layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    base = rng.choice([(25, 20, 18), (60, 30, 20), (110, 45, 25), (40, 35, 30)])
-    colour = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in base) + (255,)
-    cy, s = side / 2, side / 10                  # body axis, unit length
-    x, centres = side * 0.12, []
-    for length, half_height in ((1.6, 1.0), (2.0, 0.7), (3.2, 1.3)):   # head, thorax, gaster
-        w, hh = length * s * rng.uniform(0.9, 1.1), half_height * s * rng.uniform(0.9, 1.15)
-        draw.ellipse((x, cy - hh, x + w, cy + hh), fill=colour)
-        centres.append(x + w / 2)
-        x += w + s * 0.35
-    width = max(1, round(s * 0.25))
-    for k in (-1, 0, 1):                         # three pairs of legs from the thorax
-        for sign in (-1, 1):
-            x0 = centres[1] + k * s * 0.5
-            x1 = x0 + k * s * 1.2 + rng.uniform(-0.4, 0.4) * s
-            draw.line((x0, cy, (x0 + x1) / 2, cy + sign * s * 1.6,
-                       x1, cy + sign * s * rng.uniform(2.2, 2.8)), fill=colour, width=width)
-    for sign in (-1, 1):                         # antennae
-        hx = centres[0]
-        draw.line((hx, cy, hx - s * 0.8, cy + sign * s * 1.2, hx - s * 1.6, cy + sign * s),
-                  fill=colour, width=width)
-    return layer
-
-
-def _draw_bee(rng: random.Random, side: int) -> Image.Image:
-    """A yellow oval with black stripes, a dark head and pale wings (RGBA layer)."""
-    layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    yellow = (rng.randint(215, 250), rng.randint(160, 205), rng.randint(10, 60), 255)
-    black = (rng.randint(10, 35),) * 3 + (255,)
-    cy, s = side / 2, side / 10
-    bw, bh = 5.5 * s * rng.uniform(0.9, 1.1), 1.9 * s * rng.uniform(0.9, 1.1)
-    x0 = side / 2 - bw / 2 + s * 0.5
-    wx = x0 + bw * 0.25
-    draw.ellipse((wx, cy - bh * 0.4 - 2.2 * s, wx + 2.6 * s, cy - bh * 0.4),
-                 fill=(235, 240, 250, 170))      # wings, translucent
-    draw.ellipse((wx, cy + bh * 0.4, wx + 2.6 * s, cy + bh * 0.4 + 2.2 * s),
-                 fill=(235, 240, 250, 170))
-    body = Image.new("L", (side, side), 0)
-    ImageDraw.Draw(body).ellipse((x0, cy - bh, x0 + bw, cy + bh), fill=255)
-    stripes = Image.new("RGBA", (side, side), yellow)
-    n = rng.randint(3, 4)
-    period = bw / (n + 1)
-    for k in range(n):
-        sx = x0 + period * (k + 0.8)
-        ImageDraw.Draw(stripes).rectangle((sx, 0, sx + period * 0.45, side), fill=black)
-    layer.paste(stripes, (0, 0), body)           # the striped body, cut out by the oval
-    hr = bh * 0.6
-    draw.ellipse((x0 - hr * 1.3, cy - hr, x0 + hr * 0.5, cy + hr), fill=black)   # head
-    return layer
-
-
-def draw_insect(kind: str, rng: random.Random) -> Image.Image:
-    """One RGB picture of an ant or a bee on a natural background, with random jitter.
-
-    The size varies (96-160 x 72-128 px), as photos do; so do colour, pose and position.
-    """
+def _insect(kind: str, rng: random.Random) -> Image.Image:
+    """A photo-sized picture: ants are dark blobs in a row, bees yellow ovals with black
+    stripes, on a random plain background (the size varies, as photos' sizes do)."""
     w, h = rng.randint(96, 160), rng.randint(72, 128)
-    img = _insect_background(rng, w, h)
-    layer = (_draw_ant if kind == "ants" else _draw_bee)(rng, int(min(w, h) *
-                                                                 rng.uniform(0.8, 1.15)))
-    layer = layer.rotate(rng.uniform(0, 360), resample=Image.Resampling.BICUBIC, expand=True)
-    x = round(w * rng.uniform(0.35, 0.65) - layer.width / 2)
-    y = round(h * rng.uniform(0.35, 0.65) - layer.height / 2)
-    img.paste(layer, (x, y), layer)
+    img = Image.new("RGB", (w, h), (rng.randint(60, 170), rng.randint(110, 210),
+                                    rng.randint(110, 230)))               # leaves, sky, stone
+    draw = ImageDraw.Draw(img)
+    x, y, r = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6), h * rng.uniform(.16, .24)
+    if kind == "ants":
+        dark = tuple(rng.randint(10, 70) for _ in range(3))
+        for k in (-1.6, 0.0, 1.6):                                     # head, thorax, gaster
+            draw.ellipse((x + k * r - r * 0.8, y - r * 0.6, x + k * r + r * 0.8, y + r * 0.6),
+                         fill=dark)
+    else:
+        draw.ellipse((x - 2 * r, y - r, x + 2 * r, y + r), fill=(rng.randint(210, 250),
+                                                                 rng.randint(160, 205), 30))
+        for k in (-0.9, 0.0, 0.9):                                     # black stripes
+            draw.rectangle((x + k * r - r * 0.2, y - r * 0.9, x + k * r + r * 0.2, y + r * 0.9),
+                           fill=(20, 20, 20))
     return img
 
 
-def make_hymenoptera(dest: str | Path, *, seed: int = 0, train_per_class: int = 40,
+def make_hymenoptera(dest, *, seed: int = 0, train_per_class: int = 40,
                      val_per_class: int = 20) -> Path:
-    """Write the ants/bees stand-in as JPEG files; return ``dest/hymenoptera_data``.
-
-    Layout as the real dataset: ``hymenoptera_data/{train,val}/{ants,bees}/<number>.jpg``.
-    Deterministic in ``seed`` (same seed, same pixels); train and val are drawn separately.
-    """
-    for name, n in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
-        if n < 1:
-            raise ValueError(f"{name}={n}: each class needs at least one image")
+    """Write the ants/bees stand-in as JPEG files in the real layout; return
+    ``dest/hymenoptera_data``. Same seed, same bytes; train and val drawn separately."""
     root = fresh_folder(Path(dest) / "hymenoptera_data")
     number = 0
     for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for kind in HYMENOPTERA_CLASSES:
-            folder = root / split / kind
-            folder.mkdir(parents=True)
-            rng = random.Random(f"hymenoptera/{seed}/{split}/{kind}")  # str seeds are stable
+        for kind in ("ants", "bees"):
+            (root / split / kind).mkdir(parents=True)
+            rng = random.Random(f"hymenoptera/{seed}/{split}/{kind}")   # str seeds are stable
             for _ in range(n):
-                number += 1                      # names like the real set: no label inside
-                draw_insect(kind, rng).save(folder / f"{number:06d}.jpg", quality=90)
+                number += 1                           # names like the real set: no label inside
+                _insect(kind, rng).save(root / split / kind / f"{number:06d}.jpg", quality=90)
     return root
 
 
-def _has_real_hymenoptera(root: Path) -> bool:
-    return (Path(root) / "hymenoptera_data" / "train").is_dir()
-
-
-def check_hymenoptera(folder: str | Path) -> Path:
-    """Check ``folder`` (a ``hymenoptera_data``) has ``{train,val}/{ants,bees}`` with images."""
-    folder = Path(folder)
-    layout = f"{folder.parent}/{HYMENOPTERA_LAYOUT}"
-    for split in ("train", "val"):
-        classes = class_folders(folder / split, layout=layout)
-        missing = [c for c in HYMENOPTERA_CLASSES if c not in classes]
-        if missing:
-            raise NoteError(f"{folder / split} has no {missing} subfolder (found {classes}). "
-                            f"Expected {layout}. Fix: unzip the dataset again (data/README.md).")
-        for c in HYMENOPTERA_CLASSES:
-            image_files(folder / split / c, layout=layout)
-    return folder
-
-
-def hymenoptera(source: str = "auto", *, out_dir: str | Path, root: str | Path | None = None,
-                seed: int = 0, train_per_class: int = 40, val_per_class: int = 20,
-                download: bool = False, verbose: bool = True,
-                timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """The ``hymenoptera_data`` folder to read: the real one, or a stand-in written to disk.
-
-    ``source``: ``auto`` (real if under ``root``, else stand-in), ``real`` or ``synthetic``.
-    The stand-in is written to ``out_dir/stand-in-data/`` (never into ``data/``), replacing
-    the one an earlier run left there. ``download`` fetches the real zip (about 45 MB) from
-    download.pytorch.org into ``root`` with torchvision's downloader.
-    """
-    if source not in ("auto", "real", "synthetic"):
-        raise NoteError(f"--data {source}: expected auto, real or synthetic")
+def hymenoptera(source: str = "auto", *, out_dir, root=None, seed: int = 0,
+                train_per_class: int = 40, val_per_class: int = 20, download: bool = False,
+                verbose: bool = True) -> Path:
+    """The ``hymenoptera_data`` folder to read: the real one under ``root`` (``source`` auto or
+    real; ``download`` fetches the 45 MB zip), or a stand-in written to
+    ``out_dir/stand-in-data/`` (never into the data folder), replacing an earlier run's."""
     root = Path(root) if root is not None else data_root()
-    present = _has_real_hymenoptera(root)
+    folder = root / "hymenoptera_data"
+    present = (folder / "train").is_dir()
     if source == "real" or (source == "auto" and (present or download)):
         if not present and not download:
             raise NoteError(
-                f"--data real: hymenoptera is not under {root}/hymenoptera_data. Fetch it with "
-                f"--download, or unzip {HYMENOPTERA_URL} into {root} (data/README.md); or use "
-                f"--data synthetic for the built-in stand-in.")
+                f"--data real: hymenoptera is not under {folder}. Fetch it with --download, or "
+                f"unzip {HYMENOPTERA_URL} into {root} (data/README.md); or use --data "
+                f"synthetic for the built-in stand-in.")
         if not present:
             from torchvision.datasets.utils import download_and_extract_archive
 
-            _call_torchvision(
-                "hymenoptera", lambda: download_and_extract_archive(
-                    HYMENOPTERA_URL, download_root=str(root), remove_finished=True),
-                root, True, timeout)
-        folder = check_hymenoptera(root / "hymenoptera_data")
+            with torchvision_errors("hymenoptera", root, True):
+                download_and_extract_archive(HYMENOPTERA_URL, str(root), remove_finished=True)
+        for part in ("train/ants", "train/bees", "val/ants", "val/bees"):   # the layout, checked
+            image_files(folder / part, layout=f"{root}/{HYMENOPTERA_LAYOUT}")
         if verbose:
             print(f"data: real hymenoptera (ants vs bees) from {folder}")
         return folder
