@@ -1,9 +1,9 @@
-"""The Moli CNN and what the three training scripts share: data loaders, train and evaluate.
+"""The Moli CNN (the spec's ``model.py``) and the CIFAR-10 loaders the training scripts share.
 
 Not a numbered note: ``training/01_train.py``, ``02_train_gpu_cuda.py`` and
-``03_train_gpu_device.py`` import it (``from model import Moli, train_one_epoch, ...``; running
-``python training/01_train.py`` puts ``training/`` on ``sys.path``). Importing it prints nothing
-and touches no device.
+``03_train_gpu_device.py`` import it (``from model import Moli, cifar_loaders``; running
+``python training/01_train.py`` puts ``training/`` on ``sys.path``). Each of them writes its own
+training loop. Importing it prints nothing and touches no device.
 
 Moli is the spec's network, kept exactly as the lesson: three 5x5 convolutions (padding 2 keeps
 the size), each followed by a 2x2 max-pool, then two linear layers. It has no activation
@@ -14,12 +14,12 @@ convolution; we keep the spec's layers so the scripts match the lesson they come
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from torchnotes import progress
-from torchnotes.datasets import SyntheticCIFAR10, cifar10, data_source
+from torchnotes.datasets import SyntheticCIFAR10, data_root, torchvision_errors, use_real
 
 
 class Moli(nn.Module):
@@ -43,56 +43,46 @@ class Moli(nn.Module):
         return self.model(x)
 
 
-def cifar_loaders(args, cfg: dict) -> tuple[DataLoader, DataLoader, bool]:
+def cifar_loaders(args, cfg: dict, *, pin_memory: bool = False
+                  ) -> tuple[DataLoader, DataLoader, bool]:
     """Train and test loaders over CIFAR-10 (real if present) or the stand-in; ``is_real``.
 
     ``args`` carries the data flags (``--data``, ``--data-root``, ``--download``, ``--smoke``)
     and ``--seed``; ``cfg`` the sizes: ``train_size``/``test_size`` (``None``: the whole split,
-    CIFAR-10 50,000/10,000, stand-in 10,000/2,000) and ``batch_size``.
+    CIFAR-10 50,000/10,000, stand-in 10,000/2,000) and ``batch_size``. ``pin_memory``: page-
+    locked batches, so a copy to a GPU can overlap compute (``non_blocking=True``).
     """
     to_tensor = transforms.ToTensor()           # PIL (32, 32) RGB -> float (3, 32, 32) in [0,1]
-    common = dict(source=data_source(args), root=args.data_root, seed=args.seed,
-                  download=args.download)
-    train_set = cifar10(True, to_tensor, size=cfg["train_size"], **common)
-    test_set = cifar10(False, to_tensor, size=cfg["test_size"], verbose=False, **common)
-    # A seeded generator: the same --seed gives the same batches in the same order.
+    is_real = use_real(args)                    # prints which data this run uses
+    if is_real:
+        root = args.data_root or data_root()
+        with torchvision_errors("CIFAR-10", root, args.download):
+            train_set = torchvision.datasets.CIFAR10(root, train=True, transform=to_tensor,
+                                                     download=args.download)
+            test_set = torchvision.datasets.CIFAR10(root, train=False, transform=to_tensor,
+                                                    download=args.download)
+        if cfg["train_size"] is not None:       # smaller presets: the first N images
+            train_set = Subset(train_set, range(min(cfg["train_size"], len(train_set))))
+        if cfg["test_size"] is not None:
+            test_set = Subset(test_set, range(min(cfg["test_size"], len(test_set))))
+    else:                                       # the stand-in: same interface, no download
+        train_set = SyntheticCIFAR10(train=True, transform=to_tensor, size=cfg["train_size"],
+                                     seed=args.seed)
+        test_set = SyntheticCIFAR10(train=False, transform=to_tensor, size=cfg["test_size"],
+                                    seed=args.seed)
+    # A seeded generator: the same --seed gives the same batches in the same order. Its state
+    # goes into every checkpoint, so a resumed run draws the batches the lost run would have.
     shuffle_gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True,
-                              generator=shuffle_gen)
-    test_loader = DataLoader(test_set, batch_size=256)
-    return train_loader, test_loader, not isinstance(train_set, SyntheticCIFAR10)
-
-
-def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device, *,
-                    max_steps: int | None = None, on_step=None, show_progress: bool = True,
-                    desc: str = "train") -> list[float]:
-    """One pass over ``loader``; returns the loss of every step.
-
-    ``on_step(loss)`` is called after each step (the scripts log it to TensorBoard);
-    ``max_steps`` caps the pass (every loop has a step cap).
-    """
-    model.train()                   # Dropout/BatchNorm in training mode (Moli has neither: habit)
-    losses = []
-    total = len(loader) if max_steps is None else min(max_steps, len(loader))
-    for step, (imgs, targets) in enumerate(progress(loader, desc=desc, total=total,
-                                                    enabled=show_progress)):
-        if step == total:
-            break
-        imgs, targets = imgs.to(device), targets.to(device)   # (B, 3, 32, 32), (B,)
-        loss = loss_fn(model(imgs), targets)                  # () mean over the batch
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(losses[-1])
-    return losses
+                              generator=shuffle_gen, pin_memory=pin_memory)
+    test_loader = DataLoader(test_set, batch_size=256, pin_memory=pin_memory)
+    return train_loader, test_loader, is_real
 
 
 def evaluate(model: nn.Module, loader, loss_fn: nn.Module,
              device: torch.device) -> tuple[float, float]:
-    """Mean loss and accuracy over ``loader``, with no graph recorded."""
+    """Mean loss and accuracy over ``loader``, with no graph recorded (for notes whose lesson
+    is elsewhere; 01-03 write their own)."""
     model.eval()                    # Dropout/BatchNorm in evaluation mode
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.no_grad():                       # no graph: less memory, faster
