@@ -3,16 +3,16 @@
 A ``torch.utils.data.Dataset`` needs two methods: ``__len__`` (how many items) and
 ``__getitem__(i)`` (item ``i``). Here an item is a ``(PIL image, label)`` pair read from
 ``hymenoptera_data/train/<label>/*.jpg``: the label is the name of the folder the file is in.
+``os.listdir`` lists the files once, in ``__init__``; ``Image.open`` reads one when asked.
 
 Claims proven:
-  1. ``len()`` of each class's Dataset equals the number of image files in its folder on disk.
-  2. ``dataset[i]`` is the i-th file's picture (same size and pixels as opening the file
-     directly) with the folder name as its label.
+  1. Our Dataset lists the same files, in the same order, with the same labels as
+     ``torchvision.datasets.ImageFolder`` (the library's version of this class), once the
+     names from ``os.listdir`` (arbitrary order) are sorted.
+  2. Item for item it returns ImageFolder's picture: same size, same pixels.
   3. ``ants + bees`` is a ``ConcatDataset``: its length is the sum, and index
      ``len(ants) + k`` is ``bees[k]``.
-  4. Our Dataset finds the same files, in the same order, with the same labels as
-     ``torchvision.datasets.ImageFolder`` (the library's version of this class).
-  5. A wrong class folder is a clear error naming the path, not a traceback from deep inside.
+  4. A wrong class folder fails at once, in ``__init__``, with an error naming the path.
 
 Without the real photos (data/README.md says how to get them) a stand-in of real JPEG files
 is written under --out-dir.
@@ -23,80 +23,74 @@ Run:  python data_pipeline/01_read_data.py        (about 1 s on a laptop CPU)
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision.datasets import ImageFolder
 
-from torchnotes import NoteError, check, check_raises, make_parser, start
-from torchnotes.datasets import (
-    add_data_args,
-    data_source,
-    hymenoptera,
-    image_files,
-    load_image,
-)
+from torchnotes import check, check_raises, make_parser, start
+from torchnotes.datasets import add_data_args, data_source, hymenoptera, image_errors
 
-FULL = dict(train_per_class=40, val_per_class=20, items_to_compare=20)   # stand-in sizes
-SMOKE = dict(train_per_class=6, val_per_class=3, items_to_compare=3)
+FULL = dict(train_per_class=40, val_per_class=20)   # stand-in sizes (the real set is fixed)
+SMOKE = dict(train_per_class=6, val_per_class=3)
 
 
 class MyData(Dataset):
     """The images of one class, ``root_dir/label_dir/*.jpg``; each item's label is ``label_dir``."""
 
-    def __init__(self, root_dir: str | Path, label_dir: str):
-        self.root_dir = Path(root_dir)
+    def __init__(self, root_dir, label_dir: str):
+        self.root_dir = root_dir
         self.label_dir = label_dir
-        # image_files() sorts the names (os.listdir's order is arbitrary) and raises a clear
-        # NoteError for a missing or empty folder.
-        self.img_paths = image_files(self.root_dir / label_dir)
+        self.path = os.path.join(root_dir, label_dir)
+        # os.listdir's order is whatever the file system gives: sort it, so item i is the same
+        # file on every machine. Skip anything that is not a picture (.DS_Store, notes.txt).
+        self.img_path = sorted(name for name in os.listdir(self.path)
+                               if name.lower().endswith((".jpg", ".jpeg", ".png")))
 
     def __len__(self) -> int:
-        return len(self.img_paths)
+        return len(self.img_path)
 
     def __getitem__(self, idx: int) -> tuple[Image.Image, str]:
-        return load_image(self.img_paths[idx]), self.label_dir   # NoteError if not an image
+        img_name = self.img_path[idx]
+        img_item_path = os.path.join(self.root_dir, self.label_dir, img_name)
+        with image_errors(img_item_path):               # a broken file: one line naming it
+            img = Image.open(img_item_path).convert("RGB")
+        return img, self.label_dir
 
 
-def step_1_len_matches_disk(root_dir: Path) -> dict:
-    counts = {}
-    for label in ("ants", "bees"):
-        ds = MyData(root_dir, label)
-        on_disk = [n for n in os.listdir(root_dir / label) if n.lower().endswith(".jpg")]
-        print(f"{label}: len(dataset) = {len(ds)}, .jpg files in {root_dir / label}: "
-              f"{len(on_disk)}")
-        check(f"len(MyData(root, {label!r})) == number of files on disk",
-              len(ds) == len(on_disk), detail=f"{len(ds)} == {len(on_disk)}")
-        counts[label] = len(ds)
-    return counts
-
-
-def step_2_getitem_reads_the_file(root_dir: Path, n: int) -> int:
-    ds = MyData(root_dir, "ants")
-    img, label = ds[0]
-    print(f"ants[0] = ({img!r}, {label!r})")
-    compared = 0
-    for i in list(range(min(n, len(ds)))) + [len(ds) - 1]:   # the first few and the last
-        img, label = ds[i]
-        with Image.open(ds.img_paths[i]) as direct:           # the file, opened by hand
-            same = img.size == direct.size and np.array_equal(np.asarray(img),
-                                                             np.asarray(direct.convert("RGB")))
-        if not (same and label == ds.img_paths[i].parent.name):
-            break
-        compared += 1
-    check("dataset[i] has the file's size, pixels and folder name as label",
-          compared == min(n, len(ds)) + 1, detail=f"{compared} items compared")
-    return compared
-
-
-def step_3_concat_with_plus(root_dir: Path) -> int:
+def step_1_same_files_as_imagefolder(root_dir) -> ImageFolder:
     ants, bees = MyData(root_dir, "ants"), MyData(root_dir, "bees")
-    train = ants + bees                                       # Dataset.__add__ -> ConcatDataset
+    print(f"ants: {len(ants)} images, e.g. {ants.img_path[:2]}; bees: {len(bees)} images")
+    reference = ImageFolder(str(root_dir))                  # labels are indices into .classes
+    ours = [(os.path.join(ds.path, name), ds.label_dir)
+            for ds in (ants, bees) for name in ds.img_path]
+    theirs = [(path, reference.classes[k]) for path, k in reference.samples]
+    print(f"ImageFolder: classes {reference.classes}, {len(reference)} samples")
+    check("MyData lists the same (file, label) pairs as ImageFolder, in the same order",
+          ours == theirs, detail=f"{len(ours)} pairs")
+    return reference
+
+
+def step_2_items_match_imagefolder(root_dir, reference: ImageFolder) -> int:
+    train = MyData(root_dir, "ants") + MyData(root_dir, "bees")
+    img, label = train[0]
+    print(f"train[0] = ({img!r}, {label!r})")
+    mismatches = 0
+    for (img, label), (ref_img, k) in zip(train, reference, strict=True):
+        mismatches += not (label == reference.classes[k] and img.size == ref_img.size
+                           and np.array_equal(np.asarray(img), np.asarray(ref_img)))
+    check("item i of MyData is ImageFolder's item i: same label, size and pixels",
+          mismatches == 0, detail=f"{len(train)} items, {mismatches} differ")
+    return len(train)
+
+
+def step_3_concat_with_plus(root_dir) -> int:
+    ants, bees = MyData(root_dir, "ants"), MyData(root_dir, "bees")
+    train = ants + bees                                     # Dataset.__add__ -> ConcatDataset
     print(f"ants + bees -> {type(train).__name__} with {len(train)} items")
-    check("ants + bees is a ConcatDataset", isinstance(train, ConcatDataset))
-    check("len(ants + bees) == len(ants) + len(bees)", len(train) == len(ants) + len(bees),
+    check("len(ants + bees) == len(ants) + len(bees)",
+          isinstance(train, ConcatDataset) and len(train) == len(ants) + len(bees),
           detail=f"{len(train)} == {len(ants)} + {len(bees)}")
     last_ant, first_bee = train[len(ants) - 1][1], train[len(ants)][1]
     print(f"labels either side of the boundary: {last_ant!r} | {first_bee!r}")
@@ -106,40 +100,27 @@ def step_3_concat_with_plus(root_dir: Path) -> int:
     return len(train)
 
 
-def step_4_same_as_imagefolder(root_dir: Path) -> int:
-    reference = ImageFolder(str(root_dir))                    # labels are indices into .classes
-    ours = [(str(path), label) for label in ("ants", "bees")
-            for path in MyData(root_dir, label).img_paths]
-    theirs = [(path, reference.classes[k]) for path, k in reference.samples]
-    print(f"ImageFolder: classes {reference.classes}, {len(reference)} samples")
-    check("MyData lists the same (file, label) pairs as torchvision's ImageFolder",
-          ours == theirs, detail=f"{len(ours)} pairs")
-    return len(theirs)
-
-
-def step_5_wrong_folder_is_a_clear_error(root_dir: Path) -> str:
-    return check_raises("a missing class folder raises NoteError naming the path", NoteError,
-                        MyData, root_dir, "wasps", match=str(root_dir / "wasps"))
+def step_4_wrong_folder_fails_early(root_dir) -> str:
+    return check_raises("MyData(root, 'wasps') fails in __init__, naming the missing folder",
+                        FileNotFoundError, MyData, root_dir, "wasps",
+                        match=os.path.join(root_dir, "wasps"))
 
 
 def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
-    args, _device = start(parser, argv)                      # reading files uses the CPU only
+    args, _device = start(parser, argv)                    # reading files uses the CPU only
     cfg = SMOKE if args.smoke else FULL
     folder = hymenoptera(data_source(args), out_dir=args.out_dir, root=args.data_root,
-                         seed=args.seed, download=args.download,
-                         train_per_class=cfg["train_per_class"],
-                         val_per_class=cfg["val_per_class"])
-    root_dir = folder / "train"
+                         seed=args.seed, download=args.download, **cfg)
+    root_dir = str(folder / "train")                       # train/ants/*.jpg, train/bees/*.jpg
+    reference = step_1_same_files_as_imagefolder(root_dir)
     results = {
-        "counts": step_1_len_matches_disk(root_dir),
-        "items_compared": step_2_getitem_reads_the_file(root_dir, cfg["items_to_compare"]),
+        "imagefolder_len": len(reference),
+        "items_compared": step_2_items_match_imagefolder(root_dir, reference),
         "concat_len": step_3_concat_with_plus(root_dir),
-        "imagefolder_len": step_4_same_as_imagefolder(root_dir),
-        "error_message": step_5_wrong_folder_is_a_clear_error(root_dir),
+        "error_message": step_4_wrong_folder_fails_early(root_dir),
     }
-    print(f"summary: {results['counts']['ants']} ants + {results['counts']['bees']} bees "
-          f"= {results['concat_len']} training images read from {root_dir}")
+    print(f"summary: {results['concat_len']} training images read from {root_dir}")
     return results
 
 

@@ -5,7 +5,8 @@ builds that layout from the ants/bees folder: ``train/ants_image/<name>.jpg`` ge
 ``train/ants_label/<name>.txt`` holding the word ``ants`` (the same for bees), then reads it back.
 
 Claims proven:
-  1. ``ants_image`` and ``bees_image`` hold byte-identical copies of the source images.
+  1. ``ants_image`` and ``bees_image`` hold byte-identical copies of the source images (each
+     source is read first, so a broken one is reported by its own path, not its copy's).
   2. Every image has exactly one label file with the same name, and no label file is left over.
   3. Each label file reads back as the class folder its image came from.
   4. A Dataset reading (image, label from .txt) returns, item for item, the pixels of the
@@ -19,6 +20,7 @@ Run:  python data_pipeline/02_generate_labels.py        (about 1 s on a laptop C
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -47,8 +49,11 @@ def generate_labels(root_dir: Path, target_dir: str) -> list[Path]:
     out_dir = root_dir / f"{label}_label"
     out_dir.mkdir(exist_ok=True)
     written = []
-    for img_path in image_files(root_dir / target_dir):
-        txt = out_dir / f"{img_path.stem}.txt"
+    for name in sorted(os.listdir(root_dir / target_dir)):
+        stem, ext = os.path.splitext(name)             # "0013035.jpg" -> "0013035", ".jpg"
+        if ext.lower() not in (".jpg", ".jpeg", ".png"):
+            continue
+        txt = out_dir / f"{stem}.txt"
         txt.write_text(label, encoding="utf-8")
         written.append(txt)
     return written
@@ -81,6 +86,7 @@ def step_1_copy_images(source: Path, root_dir: Path) -> int:
         target = root_dir / f"{label}_image"
         target.mkdir()
         for src in image_files(source / label):
+            load_image(src)                              # unreadable: NoteError names src
             dst = Path(shutil.copy2(src, target / src.name))
             same = same and dst.read_bytes() == src.read_bytes()
             copied += 1

@@ -15,8 +15,14 @@ Claims proven:
      tensor (within one float32 rounding), while ``v2.ToImage()`` alone keeps uint8 values.
   4. The pitfall: ``ToTensor`` divides by 255 only for uint8 input; a float array stays as is.
   5. ``ToPILImage`` undoes ``ToTensor``: the round trip gives back the same bytes.
+  6. ...but only with no arithmetic in between: ``ToPILImage`` truncates ``x * 255`` to bytes,
+     so after ``Normalize`` and its inverse about a quarter of the 256 grey levels come back
+     one lower; rounding first (``(x * 255).round().byte()``) gives every level back.
+
+The tensor is also logged with ``SummaryWriter.add_image`` (view it in TensorBoard).
 
 Run:  python data_pipeline/03_to_tensor.py        (about 1 s on a laptop CPU)
+      tensorboard --logdir runs/data_pipeline/03_to_tensor/logs
 """
 
 from __future__ import annotations
@@ -24,11 +30,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 from torchvision.transforms import v2
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, data_source, hymenoptera, image_files, load_image
+from torchnotes.datasets import (
+    add_data_args,
+    data_source,
+    fresh_folder,
+    hymenoptera,
+    image_files,
+    load_image,
+)
 
 FULL = dict(train_per_class=40, val_per_class=20)   # stand-in sizes (the real set is fixed)
 SMOKE = dict(train_per_class=2, val_per_class=1)
@@ -96,6 +110,23 @@ def step_5_round_trip(img: Image.Image, tensor_img: torch.Tensor) -> bool:
     return check("ToPILImage(ToTensor(img)) gives back the same bytes", same)
 
 
+def step_6_arithmetic_breaks_the_round_trip() -> dict:
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).expand(3, 16, 16)
+    x = levels.float() / 255                                     # every byte value, (3, 16, 16)
+    norm = transforms.Normalize([0.5] * 3, [0.5] * 3)(x)         # (x - 0.5) / 0.5
+    back = norm * 0.5 + 0.5                                      # the inverse: x again, in theory
+    truncated = torch.from_numpy(np.array(transforms.ToPILImage()(back))).permute(2, 0, 1)
+    lost = (levels.int() - truncated.int())[0]                   # levels that came back lower
+    rounded = (back * 255).round().to(torch.uint8)
+    print(f"Normalize then un-normalize: max |x - back| = {(back - x).abs().max():.1e}; "
+          f"ToPILImage gives {int((lost != 0).sum())} of 256 levels back one lower")
+    check("ToPILImage after arithmetic truncates: some levels come back exactly one lower",
+          lost.max().item() == 1 and lost.min().item() == 0 and (lost != 0).sum().item() > 0,
+          detail=f"{int((lost != 0).sum())} levels")
+    check("rounding before the cast gives every level back", rounded, levels)
+    return {"levels_lost": int((lost != 0).sum())}
+
+
 def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, _device = start(parser, argv)                      # transforms run on the CPU
@@ -112,7 +143,12 @@ def main(argv=None) -> dict:
         "v2": step_3_v2_api(img, tensor_img),
         "float_max": step_4_float_input_is_not_scaled(img),
         "round_trip": step_5_round_trip(img, tensor_img),
+        "truncation": step_6_arithmetic_breaks_the_round_trip(),
     }
+    log_dir = fresh_folder(args.out_dir / "logs")              # replaces an earlier run's logs
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        writer.add_image("Tensor_img", tensor_img)              # (3, H, W) float in [0, 1]
+    results["log_dir"] = log_dir
     print(f"summary: {img.size[0]}x{img.size[1]} RGB image -> tensor {results['shape']} "
           f"float32 in [0, 1]")
     return results

@@ -1,21 +1,26 @@
-"""DataLoader: batches, drop_last, shuffling, seeds and worker processes, logged per epoch.
+"""DataLoader: batches, drop_last, shuffling, worker processes and their seeds, pin_memory.
 
 A ``DataLoader`` turns a Dataset of single items into batches: it draws indices (in order, or
 shuffled by a random generator), fetches the items (in this process, or in ``num_workers``
-worker processes) and stacks them into tensors.
+worker processes) and stacks them into tensors. A dataset that returns its own index shows
+the order; CIFAR-10 (or its built-in stand-in) shows the batches a model would eat.
 
 Claims proven:
   1. Batches are ``(B, 3, 32, 32)`` images and ``(B,)`` labels; an epoch has ``ceil(N / B)``
      batches, the last one short; ``drop_last=True`` gives ``floor(N / B)`` full batches.
-  2. ``shuffle=False`` yields the dataset in order; ``shuffle=True`` visits every item
-     exactly once in a new order: it is a ``RandomSampler``, which draws ``torch.randperm(N)``.
+  2. ``shuffle=False`` yields indices 0..N-1 in order; ``shuffle=True`` visits every index
+     exactly once in a new order.
   3. With a seeded ``torch.Generator`` shuffling is reproducible: the same seed gives the same
-     batches; the next epoch (the generator moved on) gives a new order.
-  4. ``num_workers > 0`` gives exactly the batches of ``num_workers=0`` under the same seed.
-  5. Logging ``add_images("Epoch: e", imgs, step)`` for every batch of several epochs (as the
-     spec does) reads back one tag per epoch with steps 0..batches-1; a PNG grid of one batch.
-  6. Throughput through the loader (ToTensor, batch 64) in images/s, with 0 and with worker
-     processes, measured over a whole epoch; also how long the dataset took to make or read.
+     order; the next epoch (the generator moved on) gives a new one.
+  4. Worker processes: ``num_workers=2`` delivers the indices in the order ``num_workers=0``
+     does; each worker is seeded from the loader's generator (``base_seed + worker_id``), so
+     the two workers draw different random numbers, the same generator seed draws them again
+     exactly, and another seed draws others.
+  5. ``pin_memory=True`` puts batches in page-locked memory when CUDA is there (so
+     ``.to("cuda", non_blocking=True)`` can overlap); without an accelerator it only warns.
+
+Several epochs of batches are logged with ``add_images("Epoch: e", imgs, step)``, as the
+spec's note does, and the loader's throughput is measured with and without workers.
 
 Run:  python data_pipeline/07_dataloader.py        (about 5 s on a laptop CPU)
       tensorboard --logdir runs/data_pipeline/07_dataloader/logs
@@ -23,37 +28,62 @@ Run:  python data_pipeline/07_dataloader.py        (about 5 s on a laptop CPU)
 
 from __future__ import annotations
 
-import hashlib
 import math
+import random
 import time
-from pathlib import Path
+import warnings
 
+import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, RandomSampler
+import torchvision
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
-from torchvision.utils import save_image
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10, data_source, fresh_folder
+from torchnotes.datasets import (
+    SyntheticCIFAR10,
+    add_data_args,
+    data_root,
+    fresh_folder,
+    torchvision_errors,
+    use_real,
+)
 
 FULL = dict(size=1000, batch_size=64, epochs=2, workers=2, timed_epochs=5)
 SMOKE = dict(size=100, batch_size=32, epochs=2, workers=2, timed_epochs=1)
-# size: the first 1000 test images. Without TensorFlow, TensorBoard's reader checks each
-# record's CRC in pure Python: all 156 batches of the 10000 real test images, logged twice,
-# would take it about half a minute to read back.
+# size: the first 1000 test images (the stand-in makes just those; real CIFAR-10 is cut).
 
 
-def epoch(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over ``loader``: all images ``(N, 3, 32, 32)`` and labels ``(N,)``, in order."""
-    imgs, targets = zip(*loader, strict=True)
-    return torch.cat(imgs), torch.cat(targets)
+class IndexDataset(Dataset):
+    """Item i is ``(i, r, w)``: its index, a random number standing for a random augmentation,
+    and the id of the worker process that loaded it (-1: the main process)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        info = get_worker_info()                        # None in the main process
+        return i, torch.rand(()), info.id if info is not None else -1
 
 
-def digest(img: torch.Tensor) -> bytes:
-    """A short fingerprint of an image's exact values (to find it again after shuffling)."""
-    return hashlib.blake2b(img.numpy().tobytes(), digest_size=16).digest()
+def seed_worker(worker_id: int) -> None:
+    """PyTorch's reproducibility recipe: each worker seeds other libraries from its torch seed.
+
+    PyTorch already seeds torch, ``random`` and NumPy in every worker; ``worker_init_fn`` is the
+    hook for anything else (here the same seeding, written out).
+    """
+    worker_seed = torch.initial_seed() % 2**32          # base_seed + worker_id
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def epoch(loader: DataLoader) -> list[torch.Tensor]:
+    """One pass over ``loader``, each field of the batches concatenated in order."""
+    return [torch.cat(field) for field in zip(*loader, strict=True)]
 
 
 def step_1_batch_shapes(ds, batch_size: int) -> dict:
@@ -75,85 +105,81 @@ def step_1_batch_shapes(ds, batch_size: int) -> dict:
     return {"batches": len(batches), "drop_last_batches": len(dropped)}
 
 
-def step_2_shuffle(ds, batch_size: int, seed: int) -> list:
-    in_order, labels = epoch(DataLoader(ds, batch_size=batch_size, shuffle=False))
-    check("shuffle=False yields the dataset in its own order",
-          torch.equal(labels, torch.as_tensor(ds.targets)))
-    shuffled, _ = epoch(DataLoader(ds, batch_size=batch_size, shuffle=True))
-    where = {}                                          # image digest -> its indices in order
-    for i, img in enumerate(in_order):
-        where.setdefault(digest(img), []).append(i)
-    order = []                                          # where each shuffled image came from
-    for img in shuffled:
-        found = where.get(digest(img))
-        order.append(found.pop() if found else -1)      # -1: an image not in the dataset
-    print(f"shuffle=True visits items {order[:8]}... (of {len(order)})")
-    check("shuffle=True visits every item exactly once, in a new order",
-          sorted(order) == list(range(len(ds))) and order != list(range(len(ds))))
-    # shuffle=True means sampler=RandomSampler(ds); a seeded one draws torch.randperm(N).
-    chosen = DataLoader(ds, batch_size=batch_size, shuffle=True).sampler
-    check("DataLoader(shuffle=True) picks a RandomSampler as its sampler",
-          isinstance(chosen, RandomSampler), detail=f"sampler: {type(chosen).__name__}")
-    sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
-    drawn, _ = epoch(DataLoader(ds, batch_size=batch_size, sampler=sampler))
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
-    check("a RandomSampler seeded with s yields the items in torch.randperm(N) order (seed s)",
-          torch.equal(drawn, in_order[perm]))
-    return order
+def step_2_shuffle(n: int, batch_size: int) -> list:
+    ds = IndexDataset(n)
+    in_order = epoch(DataLoader(ds, batch_size=batch_size, shuffle=False))[0]
+    shuffled = epoch(DataLoader(ds, batch_size=batch_size, shuffle=True))[0]
+    print(f"shuffle=False visits {in_order[:8].tolist()}...; shuffle=True visits "
+          f"{shuffled[:8].tolist()}... (of {n})")
+    check("shuffle=False yields indices 0..N-1 in order", torch.equal(in_order, torch.arange(n)))
+    check("shuffle=True visits every index exactly once, in a new order",
+          torch.equal(shuffled.sort().values, torch.arange(n))
+          and not torch.equal(shuffled, torch.arange(n)))
+    return shuffled.tolist()
 
 
-def step_3_seeded_shuffling(ds, batch_size: int, seed: int) -> int:
+def step_3_seeded_shuffling(n: int, batch_size: int, seed: int) -> list:
     def loader(s):
-        return DataLoader(ds, batch_size=batch_size, shuffle=True,
+        return DataLoader(IndexDataset(n), batch_size=batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(s))
 
-    first, second = loader(seed), loader(seed)
-    a, b = epoch(first), epoch(second)
-    check("two loaders with the same generator seed give identical batches",
-          torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]))
-    c = epoch(first)                                    # epoch 2: the generator has moved on
-    check("the next epoch is a new order of the same items",
-          not torch.equal(a[0], c[0]) and torch.equal(a[1].sort().values, c[1].sort().values))
-    return len(a[1])
+    first = loader(seed)
+    a, b = epoch(first)[0], epoch(loader(seed))[0]
+    check("two loaders with the same generator seed visit the same order", torch.equal(a, b))
+    c = epoch(first)[0]                                  # epoch 2: the generator has moved on
+    print(f"seed {seed}: epoch 1 {a[:6].tolist()}..., epoch 2 {c[:6].tolist()}...")
+    check("the next epoch is a new order of the same indices",
+          not torch.equal(a, c) and torch.equal(a.sort().values, c.sort().values))
+    return a.tolist()
 
 
-def step_4_workers_same_batches(ds, batch_size: int, seed: int, workers: int) -> bool:
-    def run(num_workers):
-        return epoch(DataLoader(ds, batch_size=batch_size, shuffle=True,
-                                num_workers=num_workers,
-                                generator=torch.Generator().manual_seed(seed)))
+def step_4_workers(n: int, batch_size: int, seed: int, workers: int) -> dict:
+    def run(num_workers, s):
+        return epoch(DataLoader(IndexDataset(n), batch_size=batch_size, shuffle=True,
+                                num_workers=num_workers, worker_init_fn=seed_worker,
+                                generator=torch.Generator().manual_seed(s)))
 
-    single, multi = run(0), run(workers)
-    print(f"num_workers=0 vs num_workers={workers}: {len(single[1])} items each")
-    return check(f"num_workers={workers} gives exactly the batches of num_workers=0 "
-                 f"(same seed)", torch.equal(single[0], multi[0])
-                 and torch.equal(single[1], multi[1]))
+    (idx0, _, _), (idx, r, w) = run(0, seed), run(workers, seed)
+    print(f"num_workers={workers}: batches loaded by workers {w[::batch_size].tolist()}; "
+          f"first numbers drawn: " + ", ".join(f"worker {k}: {r[w == k][0]:.4f}"
+                                               for k in range(workers)))
+    check(f"num_workers={workers} delivers the indices in the order num_workers=0 does",
+          torch.equal(idx, idx0))
+    streams = [r[w == k][: batch_size] for k in range(workers)]
+    check("each worker is seeded differently: the workers' random numbers differ",
+          all(not torch.equal(streams[0], s) for s in streams[1:]))
+    (_, r_again, _), (_, r_other, _) = run(workers, seed), run(workers, seed + 1)
+    check("the same generator seed draws the same random numbers again, another seed others",
+          torch.equal(r, r_again) and not torch.equal(r, r_other))
+    return {"workers_seen": sorted(set(w.tolist()))}
 
 
-def step_5_epochs_to_tensorboard(ds, batch_size: int, epochs: int, seed: int,
-                                 log_dir: Path, grid_path: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def step_5_pin_memory(ds, batch_size: int, device: torch.device) -> bool:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        imgs, _ = next(iter(DataLoader(ds, batch_size=batch_size, pin_memory=True)))
+    said = [str(w.message) for w in caught if "pin_memory" in str(w.message)]
+    print(f"pin_memory=True: is_pinned() = {imgs.is_pinned()}; warnings: {said[:1]}")
+    if not torch.accelerator.is_available():
+        return check("without an accelerator, pin_memory=True only warns: the batch stays in "
+                     "ordinary memory", bool(said) and not imgs.is_pinned())
+    check("pin_memory=True: the batch is in page-locked memory", imgs.is_pinned())
+    if device.type != "cpu":
+        on_device = imgs.to(device, non_blocking=True)   # the copy can overlap other work
+        check(f"the non_blocking copy on {device} equals the batch", on_device.cpu(), imgs)
+    return True
 
+
+def epochs_to_tensorboard(ds, batch_size: int, epochs: int, seed: int, log_dir) -> int:
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         for e in range(epochs):
             for step, (imgs, _targets) in enumerate(loader):
                 writer.add_images(f"Epoch: {e}", imgs, step)    # one tiled picture per batch
-                if e == 0 and step == 0:
-                    save_image(imgs, grid_path, nrow=8, padding=2)
-    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0})   # 0 = keep them all
-    acc.Reload()
-    steps = {tag: [ev.step for ev in acc.Images(tag)] for tag in acc.Tags()["images"]}
-    per_epoch = len(ds) // batch_size
-    print(f"TensorBoard image tags: {sorted(steps)}, {per_epoch} steps each")
-    check(f"one tag per epoch, each with steps 0..{per_epoch - 1}",
-          steps == {f"Epoch: {e}": list(range(per_epoch)) for e in range(epochs)})
-    with Image.open(grid_path) as grid:
-        rows = math.ceil(batch_size / 8)
-        check("the PNG grid of the first batch is 8 columns of 32 + 2 px",
-              grid.size == (8 * 34 + 2, rows * 34 + 2), detail=f"{grid.size}")
-    return steps
+    print(f"TensorBoard: tags 'Epoch: 0'..'Epoch: {epochs - 1}', {len(loader)} steps each, "
+          f"in {log_dir}")
+    return len(loader)
 
 
 def images_per_second(ds, batch_size: int, num_workers: int, epochs: int = 1) -> tuple:
@@ -167,46 +193,35 @@ def images_per_second(ds, batch_size: int, num_workers: int, epochs: int = 1) ->
     return seen, seen / (time.perf_counter() - t0)
 
 
-def step_6_throughput(ds, batch_size: int, workers: int, epochs: int) -> dict:
-    rates = {}
-    for w in sorted({0, workers}):
-        seen, rate = images_per_second(ds, batch_size, w, epochs)
-        print(f"DataLoader, ToTensor, batch {batch_size}, num_workers={w}: "
-              f"{rate:,.0f} images/s")
-        check(f"num_workers={w}: {epochs} timed epoch(s) delivered all {epochs * len(ds)} "
-              f"images", seen == epochs * len(ds), detail=f"{rate:,.0f} images/s")
-        rates[w] = rate
-    # Workers pay off when __getitem__ is slow (decoding JPEGs, augmenting); for small
-    # in-memory images, shipping each batch between processes can cost more than it saves.
-    return rates
-
-
 def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)                 # loading runs on the CPU
     cfg = SMOKE if args.smoke else FULL
-    t0 = time.perf_counter()
-    ds = cifar10(train=False, transform=transforms.ToTensor(), size=cfg["size"],
-                 source=data_source(args), root=args.data_root, seed=args.seed,
-                 download=args.download)
-    made = time.perf_counter() - t0
-    # Only the time is printed: real CIFAR-10 reads the whole split even when `size` keeps
-    # fewer images, so len(ds) / made would not be a rate of anything.
-    print(f"dataset ready: {len(ds)} images in {made:.2f} s (generated or read from disk)")
+    root, tf = args.data_root or data_root(), transforms.ToTensor()
+    if use_real(args, "CIFAR-10"):
+        with torchvision_errors("CIFAR-10", root, args.download):
+            ds = torchvision.datasets.CIFAR10(root, train=False, transform=tf,
+                                              download=args.download)
+        ds.data, ds.targets = ds.data[:cfg["size"]], ds.targets[:cfg["size"]]
+    else:
+        ds = SyntheticCIFAR10(train=False, transform=tf, size=cfg["size"], seed=args.seed)
     bs, seed = cfg["batch_size"], args.seed
     results = {
         "shapes": step_1_batch_shapes(ds, bs),
-        "shuffle": step_2_shuffle(ds, bs, seed),
-        "seeded": step_3_seeded_shuffling(ds, bs, seed),
-        "workers_match": step_4_workers_same_batches(ds, bs, seed, cfg["workers"]),
-        "tensorboard": step_5_epochs_to_tensorboard(
-            ds, bs, cfg["epochs"], seed, fresh_folder(args.out_dir / "logs"),
-            args.out_dir / "first_batch.png"),
-        "images_per_s": step_6_throughput(ds, bs, cfg["workers"], cfg["timed_epochs"]),
-        "dataset_seconds": made,
+        "shuffle": step_2_shuffle(len(ds), bs),
+        "seeded": step_3_seeded_shuffling(len(ds), bs, seed),
+        "workers": step_4_workers(len(ds), bs, seed, cfg["workers"]),
+        "pinned": step_5_pin_memory(ds, bs, device),
+        "steps_per_epoch": epochs_to_tensorboard(ds, bs, cfg["epochs"], seed,
+                                                 fresh_folder(args.out_dir / "logs")),
+        "images_per_s": {},
     }
-    # On a GPU, a training loop would now move each batch: imgs.to(device, non_blocking=True),
-    # with DataLoader(pin_memory=True) so the copy can overlap the next batch's loading.
+    for w in sorted({0, cfg["workers"]}):
+        # Workers pay off when __getitem__ is slow (decoding JPEGs, augmenting); for small
+        # in-memory images, shipping each batch between processes can cost more than it saves.
+        seen, rate = images_per_second(ds, bs, w, cfg["timed_epochs"])
+        print(f"DataLoader, ToTensor, batch {bs}, num_workers={w}: {rate:,.0f} images/s")
+        results["images_per_s"][w] = rate
     print(f"summary: {len(ds)} images in batches of {bs}; loader on CPU, model device {device}")
     return results
 

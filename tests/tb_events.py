@@ -33,3 +33,16 @@ def merged(log_dir: str | Path) -> dict:
                 out[kind].setdefault(tag, []).extend(steps)
         out["graph"] = out["graph"] or run["graph"]
     return out
+
+
+def image_sizes(log_dir: str | Path) -> dict:
+    """``{tag: [(width, height), ...]}`` of every image record under ``log_dir``, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sizes = {}
+    for run_dir in sorted({f.parent for f in Path(log_dir).rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("images", []):
+            sizes.setdefault(tag, []).extend((e.width, e.height) for e in acc.Images(tag))
+    return sizes

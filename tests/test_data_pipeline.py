@@ -1,13 +1,16 @@
 """The data_pipeline notes: TensorBoard logs read back, bad input, and claims that can fail.
 
-TensorBoard event files are read with TensorBoard's own reader (tests/tb_events.py). Each
-"can fail" test breaks the thing a step teaches and expects ``ClaimError``.
+TensorBoard event files are read with TensorBoard's own reader (tests/tb_events.py): the notes
+log, the tests verify. Each "can fail" test breaks the thing a step teaches (a missing sort, a
+re-encoded copy, a swapped Resize, statistics from the test split, a loader that ignores its
+seed, ...) and expects ``ClaimError``: every claim family of every note is covered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from urllib.error import URLError
 
 import numpy as np
@@ -15,7 +18,9 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from tb_events import merged
+from tb_events import image_sizes, merged
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 
 from torchnotes import ClaimError, NoteError
@@ -29,11 +34,12 @@ def quiet(fn, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """05, 06 and 07 run once in smoke mode; tests read what they wrote."""
+    """03-07 run once in smoke mode; tests read what they wrote."""
     from conftest import REPO_ROOT, import_note
 
     runs = {}
-    for name in ("05_tensorboard_basics", "06_dataset_transform", "07_dataloader"):
+    for name in ("03_to_tensor", "04_useful_transforms", "05_tensorboard_basics",
+                 "06_dataset_transform", "07_dataloader"):
         out = tmp_path_factory.mktemp(name)
         module = import_note(REPO_ROOT / "data_pipeline" / f"{name}.py")
         runs[name] = (out, quiet(module.main, ["--smoke", "--device", "cpu",
@@ -47,7 +53,36 @@ def stand_in(tmp_path):
     return make_hymenoptera(tmp_path / "data", seed=0, train_per_class=3, val_per_class=1)
 
 
-# --- TensorBoard: tags and step counts read back ---------------------------------------------
+def colour_image(h=40, w=50, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8))
+
+
+def forcing(**forced):
+    """A DataLoader that overrides some arguments (a loader that ignores what it was told)."""
+    def make(*args, **kwargs):
+        kwargs.update(forced)
+        return DataLoader(*args, **kwargs)
+    return make
+
+
+# --- TensorBoard: what the notes logged, read back --------------------------------------------
+def test_03_logs_the_tensor(smoke_runs):
+    out, result = smoke_runs["03_to_tensor"]
+    _, h, w = result["shape"]
+    assert image_sizes(out / "logs") == {"Tensor_img": [(w, h)]}
+
+
+def test_04_logs_every_transform(smoke_runs):
+    out, result = smoke_runs["04_useful_transforms"]
+    sizes = image_sizes(out / "logs")
+    assert sorted(sizes) == ["Compose", "Normalize", "RandomCrop", "RandomCropHW", "Resize",
+                             "Resize_short_side", "ToTensor"]
+    assert merged(out / "logs")["images"]["RandomCrop"] == [0, 1, 2]       # SMOKE draws
+    assert sizes["RandomCrop"] == [(32, 32)] * 3 and sizes["RandomCropHW"] == [(48, 24)] * 3
+    assert sizes["Resize"] == [(64, 48)] and sizes["Compose"] == [(32, 32)]
+    assert sizes["Normalize"] == sizes["ToTensor"]
+
+
 def test_05_scalars_and_images_read_back(smoke_runs):
     out, result = smoke_runs["05_tensorboard_basics"]
     logs = merged(out / "logs")
@@ -62,19 +97,17 @@ def test_06_preview_reads_back(smoke_runs):
     out, result = smoke_runs["06_dataset_transform"]
     logs = merged(out / "logs")
     assert logs["images"] == {"test_set": [0, 1, 2, 3]} and logs["scalars"] == {}
-    assert (out / "test_set_grid.png").is_file()
-    assert result["splits"]["train"] == 256 and result["splits"]["test"] == 128
+    assert image_sizes(out / "logs")["test_set"] == [(32, 32)] * 4
+    assert result["sizes"] == (256, 128)
 
 
 def test_07_epochs_read_back(smoke_runs):
     out, result = smoke_runs["07_dataloader"]
-    logs = merged(out / "logs")
     per_epoch = 100 // 32                                                # drop_last=True
-    assert logs["images"] == {"Epoch: 0": list(range(per_epoch)),
-                              "Epoch: 1": list(range(per_epoch))}
-    assert (out / "first_batch.png").is_file()
-    assert all(rate > 0 for rate in result["images_per_s"].values())
-    assert set(result["images_per_s"]) == {0, 2}
+    assert merged(out / "logs")["images"] == {"Epoch: 0": list(range(per_epoch)),
+                                              "Epoch: 1": list(range(per_epoch))}
+    assert image_sizes(out / "logs")["Epoch: 0"] == [(8 * 32, 4 * 32)] * per_epoch  # 8 columns
+    assert set(result["images_per_s"]) == {0, 2} and result["workers"]["workers_seen"] == [0, 1]
 
 
 def test_rerun_replaces_logs_instead_of_piling_up(note, tmp_path):
@@ -85,29 +118,25 @@ def test_rerun_replaces_logs_instead_of_piling_up(note, tmp_path):
     assert merged(tmp_path / "logs")["scalars"] == {"y=2x": list(range(10))}
 
 
-# --- 01: the custom Dataset and bad input -------------------------------------------------
+# --- 01: the custom Dataset -------------------------------------------------------------------
 def test_01_mydata_reads_files_and_labels(note, stand_in):
     mod = note("data_pipeline/01_read_data.py")
-    ants = mod.MyData(stand_in / "train", "ants")
-    assert len(ants) == 3 and [p.name for p in ants.img_paths] == sorted(
+    ants = mod.MyData(str(stand_in / "train"), "ants")
+    assert len(ants) == 3 and ants.img_path == sorted(
         p.name for p in (stand_in / "train" / "ants").iterdir())
     img, label = ants[2]
-    assert label == "ants" and img.size == Image.open(ants.img_paths[2]).size
+    assert label == "ants"
+    assert img.size == Image.open(stand_in / "train" / "ants" / ants.img_path[2]).size
 
 
-def test_01_bad_input_names_the_path(note, stand_in, tmp_path):
+def test_01_bad_input(note, stand_in):
     mod = note("data_pipeline/01_read_data.py")
-    with pytest.raises(NoteError, match=str(stand_in / "train" / "wasps")):
-        mod.MyData(stand_in / "train", "wasps")
-    empty = tmp_path / "empty" / "ants"
-    empty.mkdir(parents=True)
-    with pytest.raises(NoteError, match=f"{empty} holds no images"):
-        mod.MyData(empty.parent, "ants")
+    with pytest.raises(FileNotFoundError, match=str(stand_in / "train" / "wasps")):
+        mod.MyData(str(stand_in / "train"), "wasps")
     bad = stand_in / "train" / "ants" / "000002.jpg"
     bad.write_bytes(b"not really a jpeg")
-    ants = mod.MyData(stand_in / "train", "ants")
     with pytest.raises(NoteError, match=f"{bad} is not a readable image"):
-        ants[1]
+        mod.MyData(str(stand_in / "train"), "ants")[1]
 
 
 def test_01_runs_on_real_data_from_the_data_root(note, stand_in, tmp_path, monkeypatch, capsys):
@@ -115,16 +144,32 @@ def test_01_runs_on_real_data_from_the_data_root(note, stand_in, tmp_path, monke
     mod = note("data_pipeline/01_read_data.py")
     result = mod.main(["--data", "real", "--out-dir", str(tmp_path / "out")])
     assert "real hymenoptera" in capsys.readouterr().out
-    assert result["counts"] == {"ants": 3, "bees": 3} and result["imagefolder_len"] == 6
+    assert result["imagefolder_len"] == 6 and result["concat_len"] == 6
     assert not (tmp_path / "out" / "stand-in-data").exists()
 
 
-def test_01_step_4_fails_if_a_file_is_not_listed(note, stand_in, monkeypatch):
+def test_01_claims_can_fail(note, stand_in, monkeypatch):
     mod = note("data_pipeline/01_read_data.py")
-    real_files = mod.image_files
-    monkeypatch.setattr(mod, "image_files", lambda folder: real_files(folder)[:-1])
-    with pytest.raises(ClaimError, match="same \\(file, label\\) pairs"):
-        quiet(mod.step_4_same_as_imagefolder, stand_in / "train")
+    root = str(stand_in / "train")
+    reference = quiet(mod.step_1_same_files_as_imagefolder, root)
+    with monkeypatch.context() as m:                         # forgot to sort os.listdir
+        m.setattr(mod, "sorted", lambda names: list(names)[::-1], raising=False)
+        with pytest.raises(ClaimError, match="same order"):
+            quiet(mod.step_1_same_files_as_imagefolder, root)
+    original = mod.MyData.__getitem__
+    with monkeypatch.context() as m:                         # a mirrored picture
+        m.setattr(mod.MyData, "__getitem__", lambda self, i: (
+            original(self, i)[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT), self.label_dir))
+        with pytest.raises(ClaimError, match="same label, size and pixels"):
+            quiet(mod.step_2_items_match_imagefolder, root, reference)
+    with monkeypatch.context() as m:                         # + that puts the other one first
+        m.setattr(mod.MyData, "__add__", lambda self, other: mod.ConcatDataset([other, self]))
+        with pytest.raises(ClaimError, match="boundary maps across"):
+            quiet(mod.step_3_concat_with_plus, root)
+    with monkeypatch.context() as m:                         # lists lazily: no early error
+        m.setattr(mod.os, "listdir", lambda path: [])
+        with pytest.raises(ClaimError, match="no FileNotFoundError"):
+            quiet(mod.step_4_wrong_folder_fails_early, root)
 
 
 # --- 02: labels are written under --out-dir and read back ---------------------------------
@@ -142,11 +187,40 @@ def test_02_writes_only_under_out_dir(note, tmp_path, monkeypatch):
         == "bees"
 
 
-def test_02_a_wrong_label_is_caught(note, stand_in, tmp_path):
+def test_02_a_broken_source_is_named_not_its_copy(note, stand_in, tmp_path):
+    mod = note("data_pipeline/02_generate_labels.py")
+    bad = stand_in / "train" / "bees" / sorted(p.name for p in
+                                               (stand_in / "train" / "bees").iterdir())[1]
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    root_dir = tmp_path / "labelled"
+    root_dir.mkdir()
+    with pytest.raises(NoteError, match=f"^error: {bad} is not a readable image"):
+        quiet(mod.step_1_copy_images, stand_in / "train", root_dir)
+
+
+def test_02_claims_can_fail(note, stand_in, tmp_path, monkeypatch):
     mod = note("data_pipeline/02_generate_labels.py")
     root_dir = tmp_path / "labelled"
     root_dir.mkdir()
+    with monkeypatch.context() as m:                         # a copy that re-encodes the JPEG
+        m.setattr(mod.shutil, "copy2", lambda src, dst: Image.open(src).save(dst, quality=50)
+                  or dst)
+        with pytest.raises(ClaimError, match="byte-identical"):
+            quiet(mod.step_1_copy_images, stand_in / "train", root_dir)
+    shutil.rmtree(root_dir)
+    root_dir.mkdir()
     quiet(mod.step_1_copy_images, stand_in / "train", root_dir)
+    original = mod.generate_labels
+
+    def forgets_one(root, target):                           # no label for the last image
+        written = original(root, target)
+        written[-1].unlink()
+        return written[:-1]
+
+    with monkeypatch.context() as m:
+        m.setattr(mod, "generate_labels", forgets_one)
+        with pytest.raises(ClaimError, match="exactly one .txt per image"):
+            quiet(mod.step_2_one_label_per_image, root_dir)
     quiet(mod.step_2_one_label_per_image, root_dir)
     first = sorted((root_dir / "ants_label").glob("*.txt"))[0]
     first.write_text("bees")                                     # a mislabelled image
@@ -166,71 +240,125 @@ def test_03_to_tensor_claims_can_fail(note, monkeypatch):
     img = Image.fromarray(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10)
     x = quiet(mod.step_1_to_tensor_vs_numpy, img)
     assert x.shape == (3, 2, 3) and torch.allclose(x[:, 1, 2], torch.tensor([15, 16, 17]) / 25.5)
-    monkeypatch.setattr(mod.transforms, "ToTensor", transforms.PILToTensor)   # forgets to scale
-    with pytest.raises(ClaimError, match=r"float32 in \[0, 1\]"):
-        quiet(mod.step_1_to_tensor_vs_numpy, img)
+    real, real_dtype, real_pil = transforms.ToTensor, mod.v2.ToDtype, transforms.ToPILImage
+    breaks = {  # what a wrong ToTensor / ToDtype / ToPILImage would do -> the claim it breaks
+        "float32 in \\[0, 1\\]": ("step_1", mod.transforms, "ToTensor", transforms.PILToTensor),
+        "channels reversed": ("step_2", mod.transforms, "ToTensor", lambda: lambda a: real()(
+            a[..., ::-1].copy() if isinstance(a, np.ndarray) else a)),   # "fixes" BGR itself
+        "== ToTensor": ("step_3", mod.v2, "ToDtype", lambda dtype, scale: real_dtype(dtype)),
+        "unscaled": ("step_4", mod.transforms, "ToTensor",
+                     lambda: lambda a: real()(a / 255 if a.dtype == np.float32 else a)),
+        "same bytes": ("step_5", mod.transforms, "ToPILImage", lambda: lambda t:
+                       real_pil()(t * 0.999)),
+        "truncates": ("step_6", mod.transforms, "ToPILImage", lambda: lambda t:
+                      real_pil()((t * 255).round().to(torch.uint8))),
+    }
+    steps = {"step_1": lambda: mod.step_1_to_tensor_vs_numpy(img),
+             "step_2": lambda: mod.step_2_numpy_array_input(img, x),
+             "step_3": lambda: mod.step_3_v2_api(img, x),
+             "step_4": lambda: mod.step_4_float_input_is_not_scaled(img),
+             "step_5": lambda: mod.step_5_round_trip(img, x),
+             "step_6": mod.step_6_arithmetic_breaks_the_round_trip}
+    for claim, (step, where, name, wrong) in breaks.items():
+        quiet(steps[step])                                       # holds as written
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match=claim):
+            m.setattr(where, name, wrong)
+            quiet(steps[step])
 
 
-def test_04_transform_claims_can_fail(note, monkeypatch):
+def test_04_transform_claims_can_fail(note, monkeypatch, tmp_path):
     mod = note("data_pipeline/04_useful_transforms.py")
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8))
-    assert quiet(mod.step_2_resize_shapes, img, (20, 30), 25) == ((30, 20), (35, 25))
-    monkeypatch.setattr(mod.transforms, "Normalize",
-                        lambda mean, std: (lambda x: x - torch.tensor(mean)[:, None, None]))
-    with pytest.raises(ClaimError, match=r"\(x - mean\) / std"):
-        quiet(mod.step_1_normalize_by_hand, img)
+    img, resize = colour_image(50, 70), transforms.Resize
+    with SummaryWriter(log_dir=str(tmp_path)) as w:
+        assert quiet(mod.step_2_resize_shapes, img, (20, 30), 25, w) == ((30, 20), (35, 25))
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match=r"\(x - mean\) / std"):
+            m.setattr(mod.transforms, "Normalize",
+                      lambda mean, std: (lambda x: x - torch.tensor(mean)[:, None, None]))
+            quiet(mod.step_1_normalize_by_hand, img, w)
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="height 20, width 30"):
+            m.setattr(mod.transforms, "Resize", lambda size: resize(
+                size[::-1] if isinstance(size, tuple) else size))    # (h, w) read as (w, h)
+            quiet(mod.step_2_resize_shapes, img, (20, 30), 25, w)
+
+        class SquareCrop(transforms.RandomCrop):                   # ignores a non-square size
+            def __init__(self, size):
+                super().__init__(min(size) if isinstance(size, tuple) else size)
+
+        quiet(mod.step_3_random_crops, img, 16, (12, 24), 3, 0, w)
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="are each 12x24"):
+            m.setattr(mod.transforms, "RandomCrop", SquareCrop)
+            quiet(mod.step_3_random_crops, img, 16, (12, 24), 3, 0, w)
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="v2.Normalize"):
+            m.setattr(mod.v2, "Normalize", lambda mean, std: lambda x: x - 0.5)
+            quiet(mod.step_5_v2_beside_classic, img, (20, 30), 16, 0)
 
 
-def test_04_compose_claim_fails_without_the_seed(note, monkeypatch):
+def test_04_compose_claim_fails_without_the_seed(note, monkeypatch, tmp_path):
     mod = note("data_pipeline/04_useful_transforms.py")
-    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 90, 3), np.uint8))
-    quiet(mod.step_4_compose_is_the_steps_in_order, img, (60, 70), 20, 3)
-    monkeypatch.setattr(mod.torch, "manual_seed", lambda seed: None)   # crops drawn apart
-    with pytest.raises(ClaimError, match="one by one"):
-        for _ in range(5):                       # two unseeded crops agree 1 time in ~1600
-            quiet(mod.step_4_compose_is_the_steps_in_order, img, (60, 70), 20, 3)
+    img = colour_image(80, 90, seed=1)
+    with SummaryWriter(log_dir=str(tmp_path)) as w:
+        quiet(mod.step_4_compose_is_the_steps_in_order, img, (60, 70), 20, 3, w)
+        monkeypatch.setattr(mod.torch, "manual_seed", lambda seed: None)   # crops drawn apart
+        with pytest.raises(ClaimError, match="one by one"):
+            for _ in range(5):                   # two unseeded crops agree 1 time in ~1600
+                quiet(mod.step_4_compose_is_the_steps_in_order, img, (60, 70), 20, 3, w)
 
 
-# --- 05 / 06 / 07: the logging and loading claims can fail --------------------------------
-def test_05_a_lost_scalar_is_caught(note, tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
+# --- 05: logging claims can fail ------------------------------------------------------------
+def test_05_claims_can_fail(note, tmp_path, monkeypatch):
     mod = note("data_pipeline/05_tensorboard_basics.py")
+    pictures = [colour_image(20, 30, seed=k) for k in range(2)]
+    batch = torch.stack([transforms.ToTensor()(p.resize((16, 16))) for p in pictures * 2])
+    first = np.array(pictures[0].resize((16, 16)))
 
-    class LossyWriter(SummaryWriter):
+    class Lossy(SummaryWriter):                    # drops a scalar, darkens pictures, one tile
         def add_scalar(self, tag, value, step):
-            if step != 3:                                        # drops one point
+            if step != 3:
                 super().add_scalar(tag, value, step)
 
-    with LossyWriter(log_dir=str(tmp_path)) as writer, pytest.raises(ClaimError,
-                                                                    match="steps 0..9"):
-        quiet(mod.step_1_scalars, writer, tmp_path, 10)
+        def add_image(self, tag, img, step, dataformats="CHW"):
+            super().add_image(tag, img // 2, step, dataformats=dataformats)
+
+        def add_images(self, tag, imgs, step):
+            super().add_images(tag, imgs[:1], step)
+
+    for k, (step, claim) in enumerate([
+            (lambda w, d: mod.step_1_scalars(w, d, 10), "steps 0..9"),
+            (lambda w, d: mod.step_2_images(w, d, pictures), "the pixels read back"),
+            (lambda w, d: mod.step_3_batch_grid(w, d, batch, first), "tiled 1 x 4")]):
+        log_dir = tmp_path / str(k)
+        with Lossy(log_dir=str(log_dir)) as w, pytest.raises(ClaimError, match=claim):
+            quiet(step, w, log_dir)
+    quiet(mod.step_4_png_grid, batch, tmp_path / "grid.png", first)
+    monkeypatch.setattr(mod, "save_image", lambda b, path, nrow, padding:
+                        torchvision.utils.save_image(b, path, nrow=nrow, padding=padding + 1))
+    with pytest.raises(ClaimError, match=r"cols \* \(W \+ 2\) \+ 2 wide"):
+        quiet(mod.step_4_png_grid, batch, tmp_path / "grid.png", first)
 
 
-def test_06_items_claim_catches_a_normalized_transform(note):
+# --- 06: dataset + transform claims can fail ------------------------------------------------
+def test_06_claims_can_fail(note, tmp_path, monkeypatch):
     mod = note("data_pipeline/06_dataset_transform.py")
-    ds = SyntheticCIFAR10(False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]), size=4)
-    with pytest.raises(ClaimError, match="raw bytes / 255"):
-        quiet(mod.step_2_to_tensor_items, ds, 4)
+    norm = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    with pytest.raises(ClaimError, match="raw bytes"):           # a transform that normalises
+        quiet(mod.step_1_to_tensor_items, SyntheticCIFAR10(False, transform=norm, size=4), 4)
+    gray = transforms.Compose([transforms.Grayscale(), transforms.ToTensor()])
+    with pytest.raises(ClaimError, match="float32 \\(3, 32, 32\\)"):
+        quiet(mod.step_1_to_tensor_items, SyntheticCIFAR10(False, transform=gray, size=4), 4)
+    test_set = SyntheticCIFAR10(False, transform=transforms.ToTensor(), size=64)
+    with monkeypatch.context() as m, pytest.raises(ClaimError, match="image k's bytes"):
+        m.setattr(mod, "save_image", lambda b, p, nrow, padding: torchvision.utils.save_image(
+            b.flip(0), p, nrow=nrow, padding=padding))                # tiles in the wrong order
+        quiet(mod.step_2_preview, test_set, tmp_path / "logs", tmp_path / "g.png", 4)
+    train_set = SyntheticCIFAR10(True, size=256)
+    quiet(mod.step_3_normalize_with_train_statistics, train_set, test_set, 8)
+    with pytest.raises(ClaimError, match="not exactly 0"):        # statistics from the test set
+        quiet(mod.step_3_normalize_with_train_statistics, test_set, test_set, 8)
+    with monkeypatch.context() as m, pytest.raises(ClaimError, match="train mean"):
+        m.setattr(mod.transforms, "Normalize", lambda mean, std: lambda x: x - 0.5)
+        quiet(mod.step_3_normalize_with_train_statistics, train_set, test_set, 8)
 
 
-def test_07_shape_claim_fails_for_wrong_items(note):
-    mod = note("data_pipeline/07_dataloader.py")
-    ds = SyntheticCIFAR10(False, transform=transforms.Compose(
-        [transforms.Grayscale(), transforms.ToTensor()]), size=40)   # (1, 32, 32) items
-    with pytest.raises(ClaimError, match=r"\(B, 3, 32, 32\)"):
-        quiet(mod.step_1_batch_shapes, ds, 16)
-
-
-def test_07_throughput_helper(note):
-    mod = note("data_pipeline/07_dataloader.py")
-    ds = SyntheticCIFAR10(False, transform=transforms.ToTensor(), size=70)
-    seen, rate = mod.images_per_second(ds, 32, 0)
-    assert seen == 70 and rate > 0
-
-
-# --- --download without internet: a clean error from the script ------------------------------
 def test_06_download_failure_is_a_clean_exit(note, monkeypatch, tmp_path):
     def unreachable(*args, **kwargs):
         raise URLError("no route to host")
@@ -240,3 +368,32 @@ def test_06_download_failure_is_a_clean_exit(note, monkeypatch, tmp_path):
     with pytest.raises(NoteError, match=r"could not download CIFAR-10 .*no route to host"):
         quiet(mod.main, ["--download", "--data-root", str(tmp_path / "data"),
                          "--out-dir", str(tmp_path / "out")])
+
+
+# --- 07: loading claims can fail ------------------------------------------------------------
+def test_07_claims_can_fail(note, monkeypatch):
+    mod = note("data_pipeline/07_dataloader.py")
+    gray = transforms.Compose([transforms.Grayscale(), transforms.ToTensor()])
+    with pytest.raises(ClaimError, match=r"\(B, 3, 32, 32\)"):       # (1, 32, 32) items
+        quiet(mod.step_1_batch_shapes, SyntheticCIFAR10(False, transform=gray, size=40), 16)
+    with monkeypatch.context() as m, pytest.raises(ClaimError, match="in a new order"):
+        m.setattr(mod, "DataLoader", forcing(shuffle=False))          # ignores shuffle=True
+        quiet(mod.step_2_shuffle, 40, 8)
+    with monkeypatch.context() as m, pytest.raises(ClaimError, match="same order"):
+        m.setattr(mod, "DataLoader", forcing(generator=None))         # ignores the generator
+        quiet(mod.step_3_seeded_shuffling, 40, 8, 0)
+    with monkeypatch.context() as m, pytest.raises(ClaimError, match="seeded differently"):
+        m.setattr(mod, "seed_worker", lambda worker_id: torch.manual_seed(0))   # same seed
+        quiet(mod.step_4_workers, 24, 4, 0, 2)
+    ds = SyntheticCIFAR10(False, transform=transforms.ToTensor(), size=8)
+    if not torch.accelerator.is_available():
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="only warns"):
+            m.setattr(mod, "DataLoader", forcing(pin_memory=False))   # never asked to pin
+            quiet(mod.step_5_pin_memory, ds, 4, torch.device("cpu"))
+
+
+def test_07_throughput_helper(note):
+    mod = note("data_pipeline/07_dataloader.py")
+    ds = SyntheticCIFAR10(False, transform=transforms.ToTensor(), size=70)
+    seen, rate = mod.images_per_second(ds, 32, 0)
+    assert seen == 70 and rate > 0
