@@ -1,4 +1,4 @@
-"""MaxPool2d: the output-size formula, ceil_mode, and max pooling rebuilt from unfold.
+"""MaxPool2d: ceil_mode, the output-size formula, unfold by hand, and CIFAR-10 into TensorBoard.
 
 Max pooling slides a ``k x k`` window with stride ``s`` (default ``s = k``) and keeps each
 window's largest value. ``ceil_mode=False`` drops a last window that would hang over the edge;
@@ -9,16 +9,18 @@ window's largest value. ``ceil_mode=False`` drops a last window that would hang 
                                                would start past the input plus left padding
 
 Claims proven:
-  1. The spec's 5x5 example pools to [[2]] (floor) and [[2, 3], [5, 1]] (ceil), as the hand
-     implementation says.
+  1. A 5x5 example pools (k=3) to [[2]] with floor and [[2, 3], [5, 1]] with ceil_mode=True:
+     the maxima of its windows, worked out by hand; the unfold version agrees.
   2. The formula gives torch's output size for every size 5..13, kernel 2-3, stride 1-3,
      padding 0-1, both ceil modes.
   3. ``F.max_pool2d`` equals an ``unfold``-based hand implementation (windows padded with
      -inf so a partial ceil-mode window only sees real values), for several settings.
-  4. On 32x32 images, ``MaxPool2d(3, ceil_mode=True)`` gives 11x11 and ``False`` gives 10x10.
-  The batch and its pooled version are written to TensorBoard (``--out-dir``/tb) and a PNG grid.
+  4. Over every batch of the loader, a Module holding ``MaxPool2d(3, ceil_mode=True)`` turns
+     32x32 images into 11x11 (the formula; floor mode would give 10x10), and every pooled
+     value is one of its window's pixels (pooling picks, it never blends).
+  Each batch and its pooled version go to TensorBoard at that batch's step (``--out-dir``/tb).
 
-Run:  python nn_modules/03_nn_maxpool.py        (about 1 s after imports on a laptop CPU)
+Run:  python nn_modules/03_nn_maxpool.py        (about 2 s after imports on a laptop CPU)
       tensorboard --logdir runs/nn_modules/03_nn_maxpool/tb
 """
 
@@ -29,18 +31,49 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import save_image
 
 from torchnotes import check, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10_batch
+from torchnotes.datasets import (
+    SyntheticCIFAR10,
+    add_data_args,
+    data_root,
+    torchvision_errors,
+    use_real,
+)
 
-FULL = dict(n_images=64, random_batch=16)
-SMOKE = dict(n_images=8, random_batch=2)
+FULL = dict(n_images=640, batch_size=64, max_steps=10, random_batch=16)
+SMOKE = dict(n_images=64, batch_size=16, max_steps=4, random_batch=2)
 
-SPEC_INPUT = [[1, 2, 0, 3, 1], [0, 1, 2, 3, 1], [1, 2, 1, 0, 0], [5, 2, 3, 1, 1], [2, 1, 0, 1, 1]]
-SPEC_POOLED = {False: [[2]], True: [[2, 3], [5, 1]]}   # the spec's answers, by ceil_mode
+EXAMPLE = [[1, 2, 0, 3, 1], [0, 1, 2, 3, 1], [1, 2, 1, 0, 0], [5, 2, 3, 1, 1], [2, 1, 0, 1, 1]]
+# Worked by hand, k=3, stride 3: floor keeps only the top-left window (max 2); ceil_mode also
+# keeps the partial windows on the right (max 3), bottom (max 5) and corner (max 1).
+POOLED_BY_HAND = {False: [[2]], True: [[2, 3], [5, 1]]}
+
+
+class Moli(nn.Module):
+    """One pooling layer; ``ceil_mode=True`` keeps the partial windows at the edges."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxpool1 = nn.MaxPool2d(kernel_size=3, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:     # (N, C, 32, 32) -> (N, C, 11, 11)
+        return self.maxpool1(x)
+
+
+def load_test_set(args, n_images: int):
+    """CIFAR-10's test split as tensors: the real files when present, else the stand-in."""
+    transform = torchvision.transforms.ToTensor()
+    if use_real(args, "CIFAR-10"):
+        root = args.data_root or data_root()
+        with torchvision_errors("CIFAR-10", root, args.download):
+            return torchvision.datasets.CIFAR10(root, train=False, transform=transform,
+                                                download=args.download)
+    return SyntheticCIFAR10(train=False, transform=transform, size=n_images, seed=args.seed)
 
 
 def pool_out_size(n: int, k: int, s: int, p: int = 0, ceil_mode: bool = False) -> int:
@@ -66,16 +99,16 @@ def maxpool2d_by_hand(x: torch.Tensor, k: int, s: int | None = None, p: int = 0,
     return windows[:, :, :oh, :ow].amax(dim=(-2, -1))     # (N, C, oh, ow)
 
 
-def step_1_spec_example(device: torch.device) -> dict:
-    x = torch.tensor(SPEC_INPUT, dtype=torch.float32, device=device).reshape(1, 1, 5, 5)
+def step_1_worked_example(device: torch.device) -> dict:
+    x = torch.tensor(EXAMPLE, dtype=torch.float32, device=device).reshape(1, 1, 5, 5)
     out = {}
     for ceil in (False, True):
         got = nn.MaxPool2d(kernel_size=3, ceil_mode=ceil)(x)
         print(f"ceil_mode={ceil!s:<5}: MaxPool2d(3) of the 5x5 -> {got[0, 0].int().tolist()}")
-        check(f"ceil_mode={ceil}: torch == hand max pooling on the spec's 5x5", got,
+        check(f"ceil_mode={ceil}: the result is {POOLED_BY_HAND[ceil]} (worked by hand)",
+              got[0, 0], torch.tensor(POOLED_BY_HAND[ceil]))
+        check(f"ceil_mode={ceil}: torch == unfold max pooling on the 5x5", got,
               maxpool2d_by_hand(x, 3, ceil_mode=ceil))
-        check(f"ceil_mode={ceil}: the result is the spec's {SPEC_POOLED[ceil]}", got[0, 0],
-              torch.tensor(SPEC_POOLED[ceil]))
         out[f"ceil={ceil}"] = got[0, 0].tolist()
     return out
 
@@ -98,36 +131,39 @@ def step_2_output_size_formula(device: torch.device) -> int:
 
 def step_3_hand_equals_torch(device: torch.device, random_batch: int) -> int:
     x = torch.randn(random_batch, 3, 13, 11, device=device)              # odd sizes on purpose
-    settings = [(2, 2, 0), (3, 2, 1), (3, 3, 0), (3, 1, 1), (2, 3, 0)]   # (k, s, p)
-    for (k, s, p), ceil in itertools.product(settings, (False, True)):
-        check(f"k={k} s={s} p={p} ceil={ceil!s:<5}: F.max_pool2d == unfold hand version",
-              F.max_pool2d(x, k, s, p, ceil_mode=ceil), maxpool2d_by_hand(x, k, s, p, ceil))
-    return len(settings) * 2
+    settings = list(itertools.product([(2, 2, 0), (3, 2, 1), (3, 3, 0), (3, 1, 1), (2, 3, 0)],
+                                      (False, True)))                    # ((k, s, p), ceil)
+    got = torch.cat([F.max_pool2d(x, k, s, p, ceil_mode=c).flatten() for (k, s, p), c in settings])
+    hand = torch.cat([maxpool2d_by_hand(x, k, s, p, c).flatten() for (k, s, p), c in settings])
+    check(f"F.max_pool2d == unfold hand version in {len(settings)} (k, s, p, ceil) settings",
+          got, hand)
+    return len(settings)
 
 
-def step_4_pool_images(images: torch.Tensor) -> torch.Tensor:
-    pooled = nn.MaxPool2d(kernel_size=3, ceil_mode=True)(images)         # (N, 3, 11, 11)
-    floor = nn.MaxPool2d(kernel_size=3, ceil_mode=False)(images)         # (N, 3, 10, 10)
-    print(f"images {tuple(images.shape)} -> ceil {tuple(pooled.shape)}, "
-          f"floor {tuple(floor.shape)}")
-    n = images.shape[0]
-    check("32x32 images, k=3: ceil_mode=True -> 11x11, False -> 10x10 (the formula)",
-          pooled.shape == (n, 3, pool_out_size(32, 3, 3, ceil_mode=True), 11)
-          and floor.shape == (n, 3, pool_out_size(32, 3, 3), 10))
-    return pooled
-
-
-def step_5_write_visuals(images: torch.Tensor, pooled: torch.Tensor, out_dir) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def step_4_over_the_loader(moli: Moli, loader, device, max_steps: int, out_dir) -> tuple:
+    shapes, picked = set(), True
     with SummaryWriter(str(out_dir / "tb")) as writer:
-        writer.add_images("input", images, 0)                # (N, 3, 32, 32)
-        writer.add_images("maxpool_ceil", pooled, 0)         # (N, 3, 11, 11): blockier
-    k = min(16, images.shape[0])
-    big = F.interpolate(pooled[:k], size=images.shape[-2:], mode="nearest")  # for the grid
-    png = out_dir / "maxpool_grid.png"                       # regenerated on every run
-    save_image(torch.cat([images[:k], big]), png, nrow=k)    # rows: input, pooled
-    print(f"wrote TensorBoard images to {out_dir / 'tb'} and {png}")
-    return str(png)
+        for step, (imgs, _) in enumerate(loader):           # imgs: (B, 3, 32, 32)
+            if step == max_steps:
+                break
+            imgs = imgs.to(device)
+            pooled = moli(imgs)                             # (B, 3, 11, 11)
+            writer.add_images("input", imgs, step)
+            writer.add_images("maxpool_ceil", pooled, step)    # blockier: each pixel = a max
+            shapes.add(tuple(pooled.shape[-2:]))
+            # Each output must equal some pixel of the image it came from (per image, channel).
+            pixels = imgs.flatten(2)                        # (B, 3, 1024)
+            picked &= bool((pooled.flatten(2)[..., :, None] == pixels[..., None, :])
+                           .any(-1).all())
+    steps = min(step + 1, max_steps)
+    side = pool_out_size(32, 3, 3, ceil_mode=True)
+    print(f"{steps} batches logged to {out_dir / 'tb'}; pooled sizes {shapes}; "
+          f"floor mode would give {pool_out_size(32, 3, 3)}x{pool_out_size(32, 3, 3)}")
+    check(f"all {steps} batches: 32x32 -> {side}x{side} with ceil_mode (the formula)",
+          shapes == {(side, side)}, detail=str(shapes))
+    check(f"all {steps} batches: every pooled value is a pixel of its own image and channel",
+          picked)
+    return steps, side
 
 
 def main(argv=None) -> dict:
@@ -135,14 +171,14 @@ def main(argv=None) -> dict:
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
     results = {
-        "spec_example": step_1_spec_example(device),
+        "worked_example": step_1_worked_example(device),
         "sizes_tried": step_2_output_size_formula(device),
         "hand_settings": step_3_hand_equals_torch(device, cfg["random_batch"]),
     }
-    images = cifar10_batch(args, cfg["n_images"], device=device)[0]
-    pooled = step_4_pool_images(images)
-    results["pooled_shape"] = tuple(pooled.shape)
-    results["png"] = step_5_write_visuals(images.cpu(), pooled.cpu(), args.out_dir)
+    dataset = load_test_set(args, cfg["n_images"])
+    loader = DataLoader(dataset, batch_size=cfg["batch_size"])
+    results["steps"], results["pooled_side"] = step_4_over_the_loader(
+        Moli().to(device), loader, device, cfg["max_steps"], args.out_dir)
     print(f"summary: {results['sizes_tried']} output sizes and {results['hand_settings']} "
           f"pooling settings agree with the hand versions")
     return results

@@ -8,8 +8,9 @@ window into a column turns the whole convolution into one matrix multiply.
     out = floor((n + 2 * padding - dilation * (k - 1) - 1) / stride) + 1
 
 Claims proven:
-  1. On the spec's 5x5 input and 3x3 kernel, ``F.conv2d`` equals a sliding-window loop for
-     stride 1, stride 2 and padding 1.
+  1. On a 5x5 input and a 3x3 kernel, ``F.conv2d`` with stride 1 gives the 3x3 worked out by
+     hand (top-left: 1*1+2*2+0*1 + 0*0+1*1+2*0 + 1*2+2*1+1*0 = 10), and equals a
+     sliding-window loop for stride 1, stride 2 and padding 1.
   2. On random multi-channel batches with a bias, ``F.conv2d`` equals unfold + matmul and the
      sliding window for several stride/padding settings (and dilation for unfold).
   3. The output-size formula gives torch's output size for every size, kernel, stride,
@@ -30,8 +31,11 @@ from torchnotes import check, make_parser, start
 FULL = dict(batch=8, in_ch=3, out_ch=4, size=(11, 9))
 SMOKE = dict(batch=2, in_ch=3, out_ch=4, size=(7, 6))
 
-SPEC_INPUT = [[1, 2, 0, 3, 1], [0, 1, 2, 3, 1], [1, 2, 1, 0, 0], [5, 2, 3, 1, 1], [2, 1, 0, 1, 1]]
-SPEC_KERNEL = [[1, 2, 1], [0, 1, 0], [2, 1, 0]]
+EXAMPLE_INPUT = [[1, 2, 0, 3, 1], [0, 1, 2, 3, 1], [1, 2, 1, 0, 0], [5, 2, 3, 1, 1],
+                 [2, 1, 0, 1, 1]]
+EXAMPLE_KERNEL = [[1, 2, 1], [0, 1, 0], [2, 1, 0]]
+# Stride 1, no padding: each entry is sum(window * kernel), worked out by hand.
+EXAMPLE_OUTPUT = [[10, 12, 12], [18, 16, 16], [13, 9, 3]]
 
 
 def conv_out_size(n: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
@@ -74,9 +78,11 @@ def exact_atol(device: torch.device) -> float:
     return 0.0 if device.type == "cpu" else 1e-4
 
 
-def step_1_spec_example(device: torch.device) -> dict:
-    x = torch.tensor(SPEC_INPUT, dtype=torch.float32, device=device).reshape(1, 1, 5, 5)
-    w = torch.tensor(SPEC_KERNEL, dtype=torch.float32, device=device).reshape(1, 1, 3, 3)
+def step_1_worked_example(device: torch.device) -> dict:
+    x = torch.tensor(EXAMPLE_INPUT, dtype=torch.float32, device=device).reshape(1, 1, 5, 5)
+    w = torch.tensor(EXAMPLE_KERNEL, dtype=torch.float32, device=device).reshape(1, 1, 3, 3)
+    check("stride=1: F.conv2d == the 3x3 worked out by hand", F.conv2d(x, w)[0, 0],
+          torch.tensor(EXAMPLE_OUTPUT), atol=exact_atol(device))
     outs = {}
     for stride, padding in ((1, 0), (2, 0), (1, 1)):
         got = F.conv2d(x, w, stride=stride, padding=padding)
@@ -133,7 +139,7 @@ def main(argv=None) -> dict:
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
     results = {
-        "spec_outputs": step_1_spec_example(device),
+        "example_outputs": step_1_worked_example(device),
         "random_settings": step_2_random_batches(device, **cfg),
         "sizes_tried": step_3_output_size_formula(device),
     }

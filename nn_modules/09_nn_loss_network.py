@@ -23,18 +23,26 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torch.utils.data import DataLoader
 
 from torchnotes import check, float64_device, make_parser, start
-from torchnotes.datasets import add_data_args, cifar10_batch
+from torchnotes.datasets import (
+    SyntheticCIFAR10,
+    add_data_args,
+    data_root,
+    torchvision_errors,
+    use_real,
+)
 
-FULL = dict(n_images=64)
-SMOKE = dict(n_images=8)
+FULL = dict(n_images=640, batch_size=64, probe_images=8)
+SMOKE = dict(n_images=64, batch_size=8, probe_images=4)
 
 
 # The same network as 07_nn_seq.py and training/model.py, kept inline so the script stands alone.
 class Moli(nn.Module):
-    """The spec's CIFAR-10 CNN (see 07_nn_seq.py for its shape table)."""
+    """The CIFAR-10 CNN of 07_nn_seq.py (see there for its shape table)."""
 
     def __init__(self):
         super().__init__()
@@ -47,6 +55,17 @@ class Moli(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model1(x)
+
+
+def load_test_set(args, n_images: int):
+    """CIFAR-10's test split as tensors: the real files when present, else the stand-in."""
+    transform = torchvision.transforms.ToTensor()
+    if use_real(args, "CIFAR-10"):
+        root = args.data_root or data_root()
+        with torchvision_errors("CIFAR-10", root, args.download):
+            return torchvision.datasets.CIFAR10(root, train=False, transform=transform,
+                                                download=args.download)
+    return SyntheticCIFAR10(train=False, transform=transform, size=n_images, seed=args.seed)
 
 
 def step_1_every_parameter_gets_a_gradient(model: Moli, images, labels) -> dict:
@@ -86,16 +105,17 @@ def step_3_logit_gradient(logits: torch.Tensor, labels: torch.Tensor) -> float:
                  atol=1e-7)
 
 
-def step_4_finite_difference_probe(model: Moli, images, labels, device) -> dict:
+def step_4_finite_difference_probe(model: Moli, images, labels, device,
+                                   probe_images: int = 8) -> dict:
     # float64 makes the central difference accurate to ~1e-9; MPS has no float64, use the CPU.
     probe_device = float64_device(device)
     m64 = copy.deepcopy(model).to(probe_device, torch.float64)
     # uint8 images have flat patches, so pooling windows hold exact ties: points where the
     # loss has a kink and the difference quotient is not the gradient. Noise breaks the ties.
-    # Eight images keep the six float64 passes quick and the number of pooling choices small.
-    x64 = images[:8].to(probe_device, torch.float64)
+    # A few images keep the six float64 passes quick and the number of pooling choices small.
+    x64 = images[:probe_images].to(probe_device, torch.float64)
     x64 = x64 + 0.01 * torch.randn(x64.shape, dtype=torch.float64, device=probe_device)
-    y = labels[:8].to(probe_device)
+    y = labels[:probe_images].to(probe_device)
     m64.zero_grad()
     nn.CrossEntropyLoss()(m64(x64), y).backward()
     h, out = 1e-7, {}
@@ -125,13 +145,17 @@ def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    images, labels = cifar10_batch(args, cfg["n_images"], device=device)
+    dataset = load_test_set(args, cfg["n_images"])
+    loader = DataLoader(dataset, batch_size=cfg["batch_size"])
+    imgs, targets = next(iter(loader))                # one batch: (B, 3, 32, 32), (B,)
+    images, labels = imgs.to(device), targets.to(device)
     model = Moli().to(device)
     out = step_1_every_parameter_gets_a_gradient(model, images, labels)
     results = {
         "loss": step_2_untrained_loss_is_ln10(out["loss"]),
         "logit_grad_error": step_3_logit_gradient(out["logits"], labels),
-        "probes": step_4_finite_difference_probe(model, images, labels, device),
+        "probes": step_4_finite_difference_probe(model, images, labels, device,
+                                                 cfg["probe_images"]),
     }
     print(f"summary: loss {results['loss']:.4f}; every gradient has its parameter's shape")
     return results

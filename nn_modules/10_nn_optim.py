@@ -1,37 +1,49 @@
-"""torch.optim.SGD: zero_grad -> backward -> step, 20 rounds, and a run you can reproduce.
+"""torch.optim.SGD: zero_grad -> backward -> step over a DataLoader, 20 rounds, reproducibly.
 
 An optimiser owns references to the parameters and, on ``step()``, moves each one against its
 ``.grad``; for plain SGD that is ``p <- p - lr * grad``. Because ``backward()`` *adds* into
 ``.grad`` (autograd/02), every step starts with ``zero_grad()``. With the same seed (same
-initial weights, same shuffling) the whole run repeats exactly on the CPU.
+initial weights, same shuffling) the whole run repeats exactly on the CPU. Summing the losses
+for a report must use ``loss.item()``: adding the loss *tensor* chains every step's graph.
 
 Claims proven:
-  1. ``zero_grad()`` clears every ``.grad`` (to ``None``, the default ``set_to_none=True``).
-  2. One ``optimizer.step()`` equals the hand update ``p - lr * grad`` for every parameter.
-  3. Over 20 rounds (epochs) on a fixed learnable split of the CIFAR-shaped data, the loss
-     falls.
-  4. A second run with the same seed gives the same losses: bit-identical on the CPU (within
+  1. One ``optimizer.step()`` equals the hand update ``p - lr * grad`` for every parameter;
+     ``zero_grad()`` then clears every ``.grad`` (to ``None``, the default).
+  2. Over 20 rounds (epochs) of the loader on a fixed training subset, the loss falls.
+  3. A second run with the same seed gives the same losses: bit-identical on the CPU (within
      1e-3 relative on GPUs, whose convolution kernels may add in varying order); a different
      seed gives a different run.
+  4. ``running_loss = running_loss + loss`` (a tensor) requires grad and its graph reaches
+     every step's loss: k steps, k loss nodes kept alive. ``loss.item()`` keeps a float.
+  5. In an evaluation loop outside ``torch.no_grad()`` the summed loss keeps every batch's
+     graph *with its activations*: one ``backward()`` through the sum still works.
 
-Run:  python nn_modules/10_nn_optim.py        (about 5-10 s on a 2-core laptop CPU)
+Run:  python nn_modules/10_nn_optim.py        (about 10 s on a 2-core laptop CPU)
 """
 
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import nn
+from torch.utils.data import DataLoader
 
 from torchnotes import check, make_parser, progress, seed_everything, start
-from torchnotes.datasets import add_data_args, cifar10_batch
+from torchnotes.datasets import (
+    SyntheticCIFAR10,
+    add_data_args,
+    data_root,
+    torchvision_errors,
+    use_real,
+)
 
-FULL = dict(n_train=256, batch=32, rounds=20, lr=0.02)
-SMOKE = dict(n_train=8, batch=8, rounds=20, lr=0.01)
+FULL = dict(n_train=256, batch_size=32, rounds=20, lr=0.02)
+SMOKE = dict(n_train=16, batch_size=8, rounds=5, lr=0.01)
 
 
 # The same network as 07_nn_seq.py and training/model.py, kept inline so the script stands alone.
 class Moli(nn.Module):
-    """The spec's CIFAR-10 CNN (see 07_nn_seq.py for its shape table)."""
+    """The CIFAR-10 CNN of 07_nn_seq.py (see there for its shape table)."""
 
     def __init__(self):
         super().__init__()
@@ -46,33 +58,45 @@ class Moli(nn.Module):
         return self.model1(x)
 
 
-def train(images, labels, *, seed: int, rounds: int, batch: int, lr: float,
+def load_train_subset(args, n_train: int):
+    """The first ``n_train`` CIFAR-10 training images: real files when present, else stand-in."""
+    transform = torchvision.transforms.ToTensor()
+    if use_real(args, "CIFAR-10"):
+        root = args.data_root or data_root()
+        with torchvision_errors("CIFAR-10", root, args.download):
+            dataset = torchvision.datasets.CIFAR10(root, train=True, transform=transform,
+                                                   download=args.download)
+        return torch.utils.data.Subset(dataset, range(n_train))   # a fixed subset: fast rounds
+    return SyntheticCIFAR10(train=True, transform=transform, size=n_train, seed=args.seed)
+
+
+def train(dataset, *, seed: int, rounds: int, batch_size: int, lr: float, device,
           show_progress: bool = False) -> list[float]:
     """Seed, build Moli, run ``rounds`` epochs of SGD; return each round's mean loss."""
-    seed_everything(seed)                              # same seed -> same init, same shuffles
-    model = Moli().to(images.device)
+    seed_everything(seed)                              # same seed -> same init
+    model = Moli().to(device)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    shuffler = torch.Generator().manual_seed(seed)
-    n, losses = images.shape[0], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))   # same shuffles
+    losses = []
     for _ in progress(range(rounds), desc="rounds", enabled=show_progress):
-        order = torch.randperm(n, generator=shuffler)  # what DataLoader(shuffle=True) does
-        total = 0.0
-        for start_ in range(0, n, batch):
-            idx = order[start_:start_ + batch].to(images.device)
-            loss = loss_fn(model(images[idx]), labels[idx])
+        running_loss = 0.0
+        for imgs, targets in loader:
+            imgs, targets = imgs.to(device), targets.to(device)
+            loss = loss_fn(model(imgs), targets)
             optimizer.zero_grad()                      # 1. forget the last step's gradient
             loss.backward()                            # 2. fill .grad
             optimizer.step()                           # 3. p <- p - lr * p.grad
-            total += loss.item() * idx.numel()
-        losses.append(total / n)
+            running_loss += loss.item() * imgs.shape[0]   # .item(): a float, graph freed
+        losses.append(running_loss / len(dataset))
     return losses
 
 
-def step_1_one_step_by_hand(images, labels, lr: float) -> float:
-    model = Moli().to(images.device)
+def step_1_one_step_by_hand(imgs, targets, lr: float) -> float:
+    model = Moli().to(imgs.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    nn.CrossEntropyLoss()(model(images), labels).backward()
+    nn.CrossEntropyLoss()(model(imgs), targets).backward()
     before = [p.detach().clone() for p in model.parameters()]
     grads = [p.grad.clone() for p in model.parameters()]
     optimizer.step()
@@ -93,33 +117,88 @@ def step_2_loss_falls(losses: list[float]) -> float:
     return losses[0] - losses[-1]
 
 
-def step_3_reproducible(first: list[float], images, labels, cfg: dict, seed: int,
-                        device: torch.device) -> dict:
-    again = train(images, labels, seed=seed, **cfg)
+def step_3_reproducible(first: list[float], dataset, cfg: dict, seed: int, device) -> dict:
+    again = train(dataset, seed=seed, device=device, **cfg)
     # CPU kernels add in a fixed order: equal to the last bit. GPU convolution backward may add
     # in varying order (atomics), an ulp-level difference that 20 rounds grow to ~1e-4.
     rtol = 0.0 if device.type == "cpu" else 1e-3
     check(f"same seed, same {len(first)} round losses "
           f"({'bit-identical' if rtol == 0 else 'rtol 1e-3'})", torch.tensor(again),
           torch.tensor(first), rtol=rtol)
-    other = train(images, labels, seed=seed + 1, **{**cfg, "rounds": 1})
+    other = train(dataset, seed=seed + 1, device=device, **{**cfg, "rounds": 1})
     check("a different seed gives a different run (first round's loss differs)",
           other[0] != first[0], detail=f"{other[0]:.6f} vs {first[0]:.6f}")
     return {"repeat": again, "other_seed_first": other[0]}
+
+
+def loss_nodes(total: torch.Tensor) -> int:
+    """How many cross-entropy losses ``total``'s graph still reaches (walks grad_fn links)."""
+    seen, todo, found = set(), [getattr(total, "grad_fn", None)], 0
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        found += node.name().startswith("NllLoss")         # CrossEntropyLoss ends in NLL
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def step_4_running_loss_tensor(dataset, batch_size: int, lr: float, device) -> dict:
+    model, loss_fn = Moli().to(device), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    running_loss, steps = 0.0, 0
+    for imgs, targets in DataLoader(dataset, batch_size=batch_size):
+        loss = loss_fn(model(imgs.to(device)), targets.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running_loss = running_loss + loss            # the bug: a tensor, with its graph
+        steps += 1
+    kept = loss_nodes(running_loss)
+    print(f"running_loss = running_loss + loss over {steps} steps: {running_loss!r:.45}...; "
+          f"its graph reaches {kept} loss nodes")
+    check("a tensor running_loss requires grad and reaches every step's loss graph",
+          getattr(running_loss, "requires_grad", False) and kept == steps,
+          detail=f"{kept} of {steps} steps")
+    print(f"with loss.item() the sum is a {type(loss.item()).__name__}: no graph at all")
+    return {"steps": steps, "loss_nodes_kept": kept, "model": model}
+
+
+def step_5_eval_without_no_grad(model: Moli, dataset, batch_size: int, device) -> int:
+    loss_fn, total, steps = nn.CrossEntropyLoss(), 0.0, 0
+    for imgs, targets in DataLoader(dataset, batch_size=batch_size):   # no torch.no_grad()
+        steps += 1
+        total = total + loss_fn(model(imgs.to(device)), targets.to(device))
+    held = loss_nodes(total)
+    check("evaluation without no_grad(): the summed loss keeps every batch's graph",
+          getattr(total, "requires_grad", False) and held == steps,
+          detail=f"{held} of {steps} batches")
+    model.zero_grad()
+    total.backward()               # works: every batch's saved activations are still in memory
+    print(f"backward() through that sum filled conv1's grad: "
+          f"{model.model1[0].weight.grad is not None} (so all those activations were kept)")
+    return held
 
 
 def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
     cfg = dict(SMOKE if args.smoke else FULL)
-    images, labels = cifar10_batch(args, cfg.pop("n_train"), train=True, device=device)
-    results = {"step_error": step_1_one_step_by_hand(images, labels, cfg["lr"])}
-    print(f"training Moli: {images.shape[0]} images, batch {cfg['batch']}, "
+    dataset = load_train_subset(args, cfg.pop("n_train"))
+    imgs, targets = next(iter(DataLoader(dataset, batch_size=cfg["batch_size"])))
+    results = {"step_error": step_1_one_step_by_hand(imgs.to(device), targets.to(device),
+                                                     cfg["lr"])}
+    print(f"training Moli: {len(dataset)} images, batch {cfg['batch_size']}, "
           f"lr {cfg['lr']}, {cfg['rounds']} rounds")
-    losses = train(images, labels, seed=args.seed, show_progress=not args.smoke, **cfg)
+    losses = train(dataset, seed=args.seed, device=device, show_progress=not args.smoke, **cfg)
     results["losses"] = losses
     results["drop"] = step_2_loss_falls(losses)
-    results.update(step_3_reproducible(losses, images, labels, cfg, args.seed, device))
+    results.update(step_3_reproducible(losses, dataset, cfg, args.seed, device))
+    kept = step_4_running_loss_tensor(dataset, cfg["batch_size"], cfg["lr"], device)
+    results["loss_nodes_kept"] = kept["loss_nodes_kept"]
+    results["eval_graphs_held"] = step_5_eval_without_no_grad(kept["model"], dataset,
+                                                              cfg["batch_size"], device)
     print(f"summary: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {cfg['rounds']} rounds; "
           f"the rerun matched")
     return results

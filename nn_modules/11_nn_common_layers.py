@@ -1,9 +1,10 @@
-"""Common layers by formula: BatchNorm2d, Dropout, AvgPool2d, AdaptiveAvgPool2d, Flatten, Embedding.
+"""Common layers: BatchNorm2d, Dropout(2d), AvgPool2d, AdaptiveAvgPool2d, Flatten, Embedding.
 
 Two of these layers behave differently in ``model.train()`` and ``model.eval()``: BatchNorm
 normalises with the batch's statistics while training (and updates running averages), with
 the running averages in eval; Dropout zeroes random units while training and does nothing in
-eval. The others are fixed functions we can write in one line.
+eval. The others are fixed functions we can write in one line. At the end they come together
+in a small Conv-BN-ReLU network, an ``nn.Sequential`` whose layers have names.
 
 Claims proven:
   1. BatchNorm2d (train): output = (x - batch mean) / sqrt(biased var + eps) * gamma + beta per
@@ -16,6 +17,12 @@ Claims proven:
   4. AvgPool2d equals the mean of each window (unfold by hand).
   5. AdaptiveAvgPool2d(out) gives ``out`` whatever the input size; with out = 1 it is the mean.
   6. Flatten gives (N, C*H*W) = reshape; Embedding(idx) = one_hot(idx) @ weight = weight[idx].
+  7. ``Embedding(padding_idx=0)``: row 0 starts at zero and gets no gradient; used rows do.
+  8. ``Dropout2d(p)`` zeroes whole channels: every (sample, channel) plane is all 0 or all
+     1/(1-p), a fraction p of them zeroed (within 6 standard errors).
+  9. ``nn.Sequential(OrderedDict(...))`` names its layers (``cnn.bn1``, keys ``bn1.weight``);
+     in the Conv-BN-ReLU network a conv bias would be wasted (train-mode BN subtracts it
+     again), so the conv has ``bias=False``; AdaptiveAvgPool2d lets it take any image size.
 
 Run:  python nn_modules/11_nn_common_layers.py        (under 1 s after imports on a laptop CPU)
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +41,7 @@ from torchnotes import check, make_parser, start
 
 FULL = dict(batch=32, channels=8, size=16, dropout_units=1_000_000)
 SMOKE = dict(batch=4, channels=3, size=8, dropout_units=20_000)
+DROPOUT_P = 0.3
 
 # float32 means/variances over a few thousand values of order 1 (summed in another order by
 # torch's kernels, or by Welford's method on GPUs): errors ~1e-6, so 1e-5.
@@ -143,6 +152,74 @@ def step_5_flatten_and_embedding(device, batch: int, channels: int, size: int) -
     check("Embedding(idx) == weight[idx] (a row lookup)", out, emb.weight[idx])
 
 
+def step_6_embedding_padding_idx(device, batch: int) -> None:
+    emb = nn.Embedding(20, 5, padding_idx=0).to(device)             # id 0 = "no token"
+    idx = torch.tensor([[3, 7, 0, 0]] * batch, device=device)        # (N, T): padded sentences
+    emb(idx).sum().backward()
+    print(f"padding row: {emb.weight[0].tolist()}; its grad: {emb.weight.grad[0].tolist()}")
+    check("padding_idx row starts as zeros", emb.weight[0], torch.zeros(5))
+    check("padding_idx row gets no gradient; the used rows 3 and 7 do",
+          bool((emb.weight.grad[0] == 0).all()) and bool((emb.weight.grad[[3, 7]] != 0).all()))
+
+
+def step_7_dropout2d(device, dropout_units: int, p: float = DROPOUT_P) -> float:
+    drop = nn.Dropout2d(p).train()
+    x = torch.ones(dropout_units // 16, 16, 2, 2, device=device)     # (N, C, H, W), planes 2x2
+    out = drop(x)
+    planes = out.flatten(2)                                          # (N, C, H*W)
+    zero = (planes == 0).all(-1)                                     # a whole plane dropped
+    whole = zero | (planes == 1 / (1 - p)).all(-1)                   # or a whole plane kept
+    frac, se = zero.float().mean().item(), math.sqrt(p * (1 - p) / zero.numel())
+    print(f"Dropout2d({p}): {frac:.4f} of {zero.numel()} channels zeroed (1 s.e. = {se:.4f})")
+    check("Dropout2d: every channel plane is all 0 or all 1/(1-p)", bool(whole.all()))
+    check(f"Dropout2d: fraction of channels zeroed == p within 6 s.e. ({6 * se:.4f})",
+          abs(frac - p) < 6 * se, detail=f"|{frac:.4f} - {p}|")
+    return frac
+
+
+def small_cnn(classes: int = 10) -> nn.Sequential:
+    """Conv-BN-ReLU twice, global average pooling, a linear head; every layer named."""
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 16, 3, padding=1, bias=False)),      # BN's beta is the bias
+        ("bn1", nn.BatchNorm2d(16)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(16, 32, 3, padding=1, bias=False)),
+        ("bn2", nn.BatchNorm2d(32)),
+        ("relu2", nn.ReLU()),
+        ("gap", nn.AdaptiveAvgPool2d(1)),                            # (N, 32, 1, 1), any H, W
+        ("flatten", nn.Flatten()),                                   # (N, 32)
+        ("drop", nn.Dropout(0.2)),
+        ("fc", nn.Linear(32, classes)),                              # (N, classes)
+    ]))
+
+
+def step_8_named_conv_bn_relu(device, batch: int, size: int) -> dict:
+    cnn = small_cnn().to(device)
+    keys = list(cnn.state_dict())
+    print(f"cnn[1] = {cnn[1]!r}; state_dict keys {keys[:3]} ... {keys[-2:]}")
+    check("OrderedDict names: cnn.bn1 is layer 1 and the keys read 'bn1.running_mean'",
+          getattr(cnn, "bn1", None) is cnn[1] and "bn1.running_mean" in keys)
+    x = torch.randn(batch, 3, size, size, device=device)
+    conv = cnn.conv1
+    with torch.no_grad():
+        biased = nn.Conv2d(3, 16, 3, padding=1).to(device)          # same weight, plus a bias
+        biased.weight.copy_(conv.weight)
+        biased.bias.uniform_(-1, 1)
+        gap = (cnn.bn1(biased(x)) - cnn.bn1(conv(x))).abs().max().item()
+    check("train-mode BN removes a conv bias: BN(conv(x) + b) == BN(conv(x))", gap < 1e-4,
+          detail=f"max difference {gap:.1e}")
+    cnn.eval()
+    features = cnn[:-1]                                             # everything before fc
+    shapes = {n: tuple(features(torch.randn(2, 3, n, n, device=device)).shape)
+              for n in (size, 32)}
+    print(f"features before fc, by input size: {shapes}")
+    check("any image size gives (2, 32) features, so fc always fits",
+          set(shapes.values()) == {(2, 32)}, detail=str(shapes))
+    print(f"cnn(2 images of 32x32) -> {tuple(cnn(torch.randn(2, 3, 32, 32, device=device)).shape)}")
+    return {"keys": keys, "shapes": shapes}
+
+
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -156,6 +233,9 @@ def main(argv=None) -> dict:
     }
     step_4_pooling(device, **shape)
     step_5_flatten_and_embedding(device, **shape)
+    step_6_embedding_padding_idx(device, cfg["batch"])
+    results["dropout2d_zeroed"] = step_7_dropout2d(device, cfg["dropout_units"])
+    results["cnn"] = step_8_named_conv_bn_relu(device, cfg["batch"], cfg["size"])
     print(f"summary: Dropout zeroed {results['dropout_zeroed']:.3f} (p = 0.3); BatchNorm "
           f"train-mode output moved by up to {results['train_mode_gap']:.3f} with the batch")
     return results
