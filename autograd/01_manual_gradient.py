@@ -10,6 +10,11 @@ Claims proven:
      and ``(w, b)`` reaches ``(2, 1)``.
   4. The same descent driven by autograd's gradients follows the same path: the loss agrees
      at every step, and so does the final ``(w, b)``.
+  5. Descent lands on the least-squares answer: the normal equations ``X^T X theta = X^T y``
+     (solved in one line, no iterations) give the same ``(w, b)``.
+  6. The step size has a bound: for this quadratic loss descent converges only when
+     ``lr < 2 / lambda_max`` (the largest eigenvalue of the loss's Hessian ``2 X^T X / N``).
+     Just under it the loss falls; just over it the loss blows up.
 
 Run:  python autograd/01_manual_gradient.py        (about 1 s on a laptop CPU)
 """
@@ -20,8 +25,8 @@ import torch
 
 from torchnotes import check, float64_device, make_parser, start
 
-FULL = dict(n_points=256, steps=200, lr=0.1)
-SMOKE = dict(n_points=32, steps=60, lr=0.1)
+FULL = dict(n_points=256, steps=300, lr=0.1)
+SMOKE = dict(n_points=32, steps=300, lr=0.1)
 TRUE_W, TRUE_B = 2.0, 1.0
 
 
@@ -140,6 +145,49 @@ def step_4_autograd_follows_the_same_path(device, n_points: int, steps: int, lr:
     return {"w": w_a.item(), "b": b_a.item(), "losses": losses}
 
 
+def design_matrix(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([x, torch.ones_like(x)], dim=1)    # (N, 2): y_hat = X @ (w, b)
+
+
+def step_5_normal_equations(device, n_points: int, fit: dict) -> torch.Tensor:
+    dev = float64_device(device)
+    x, y = (t.to(dev, torch.float64) for t in make_data(n_points, device))
+    X = design_matrix(x)                                               # (N, 2)
+    theta = torch.linalg.solve(X.T @ X, X.T @ y)                       # (2,) = (w, b)
+    print(f"normal equations: w = {theta[0].item():.5f}, b = {theta[1].item():.5f}; "
+          f"descent: w = {fit['w']:.5f}, b = {fit['b']:.5f}")
+    # Both fit the same data (float32 descent vs float64 solve). The slowest direction of the
+    # descent shrinks by (1 - lr * lambda_min) ~ 0.93 a step: 300 steps leave ~1e-9, so what
+    # is left is float32 rounding of w, b (an ulp of 2 is 2.4e-7): 1e-5.
+    check("descent's (w, b) == the normal-equation solution (X^T X)^-1 X^T y",
+          torch.tensor([fit["w"], fit["b"]]), theta, atol=1e-5)
+    return theta
+
+
+def lr_bound(x: torch.Tensor) -> float:
+    """2 / lambda_max of the Hessian of mean((w x + b - y)^2), which is 2 X^T X / N."""
+    X = design_matrix(x)
+    hessian = 2 * X.T @ X / x.shape[0]                                 # (2, 2), constant
+    return 2 / torch.linalg.eigvalsh(hessian).max().item()
+
+
+def step_6_learning_rate_bound(device, n_points: int, steps: int = 50) -> dict:
+    x, y = make_data(n_points, device)
+    bound = lr_bound(x)
+    ends = {}
+    for factor in (0.9, 1.1):
+        _, _, losses = descend(x, y, steps, factor * bound,
+                               lambda w, b: manual_gradients(w, b, x, y))
+        ends[factor] = losses
+        print(f"lr = {factor} x bound = {factor * bound:.3f}: loss {losses[0]:.3f} -> "
+              f"{losses[-1]:.3g} after {steps} steps")
+    check(f"just under the bound {bound:.3f} the loss falls",
+          ends[0.9][-1] < 0.01 * ends[0.9][0], detail=f"{ends[0.9][-1]:.3g}")
+    check("just over it the loss grows step after step (descent diverges)",
+          ends[1.1][-1] > 10 * ends[1.1][0], detail=f"{ends[1.1][-1]:.3g}")
+    return {"bound": bound, "under": ends[0.9][-1], "over": ends[1.1][-1]}
+
+
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -154,6 +202,9 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     results["fit_autograd"] = step_4_autograd_follows_the_same_path(device, **cfg,
                                                                     hand=results["fit"])
+    torch.manual_seed(args.seed)
+    results["normal_equations"] = step_5_normal_equations(device, cfg["n_points"], results["fit"])
+    results["lr_bound"] = step_6_learning_rate_bound(device, cfg["n_points"])
     print(f"summary: y = {results['fit']['w']:.3f} x + {results['fit']['b']:.3f} "
           f"with gradients derived by hand")
     return results

@@ -7,9 +7,14 @@ Claims proven:
   1. ``backward()`` on ``y = sum(x**2 + 3x)`` gives ``dy/dx = 2x + 3`` (closed form).
   2. A second ``backward()`` *adds* to ``.grad`` instead of replacing it (the trap).
   3. Zeroing ``.grad`` between steps fixes it: each step then sees one step's gradient.
-  4. Under ``torch.no_grad()`` nothing is recorded: results have ``requires_grad=False``
-     and no ``grad_fn``.
-  5. A linear model fitted with these pieces recovers its true weights (loss goes down).
+  4. Accumulating is by design: ``backward()`` of two losses, one after the other, leaves
+     the gradient of their sum (what multi-loss models and gradient accumulation rely on).
+  5. Under ``torch.no_grad()`` nothing is recorded: results have ``requires_grad=False``
+     and no ``grad_fn``. Updating a leaf in place *without* it raises ``RuntimeError``.
+  6. Three ways to read a value: ``.item()`` gives a Python float (for logging);
+     ``.detach()`` and ``.data`` give a tensor that shares the leaf's memory and needs no grad
+     (03 shows why ``.detach()`` is the safe one).
+  7. A linear model fitted with these pieces recovers its true weights (loss goes down).
 
 Run:  python autograd/02_autograd_basics.py        (about 1 s on a laptop CPU)
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, check_raises, make_parser, start
 
 FULL = dict(n_points=256, steps=300, lr=0.1)
 SMOKE = dict(n_points=32, steps=60, lr=0.1)
@@ -56,7 +61,20 @@ def step_3_zeroing_fixes_it(device: torch.device) -> torch.Tensor:
     return w.grad.clone()
 
 
-def step_4_no_grad_records_nothing(device: torch.device) -> bool:
+def step_4_accumulation_is_by_design(device: torch.device) -> torch.Tensor:
+    w = torch.tensor([1.0, -2.0], device=device, requires_grad=True)
+    loss_a = (w**2).sum()                  # say, a reconstruction loss:  grad 2w
+    loss_b = (3 * w).sum()                 # and a regulariser:           grad 3
+    loss_a.backward()
+    loss_b.backward()                      # adds onto .grad: no need to build loss_a + loss_b
+    print(f"after loss_a.backward(); loss_b.backward(): w.grad = {w.grad.cpu().tolist()}")
+    # 2w + 3 with w = (1, -2) is exact in float32.
+    check("two backward() calls leave the gradient of the sum: w.grad == 2w + 3", w.grad,
+          2 * w.detach() + 3)
+    return w.grad.clone()
+
+
+def step_5_no_grad_records_nothing(device: torch.device) -> bool:
     w = torch.randn(3, device=device, requires_grad=True)
     tracked = w * 2
     with torch.no_grad():
@@ -64,13 +82,38 @@ def step_4_no_grad_records_nothing(device: torch.device) -> bool:
     print(f"outside no_grad: requires_grad={tracked.requires_grad}, grad_fn={tracked.grad_fn}")
     print(f"inside  no_grad: requires_grad={untracked.requires_grad}, "
           f"grad_fn={untracked.grad_fn}")
-    check("outside no_grad() the result is tracked (has a grad_fn)",
-          tracked.requires_grad and tracked.grad_fn is not None)
-    return check("inside no_grad() nothing is recorded (no grad_fn, requires_grad=False)",
-                 not untracked.requires_grad and untracked.grad_fn is None)
+    check("inside no_grad() nothing is recorded (no grad_fn, requires_grad=False)",
+          tracked.grad_fn is not None and not untracked.requires_grad
+          and untracked.grad_fn is None)
+    (w * 2).sum().backward()
+
+    def update_without_no_grad():
+        w.sub_(0.1 * w.grad)               # the same update as step 7's, but recorded
+
+    check_raises("updating a leaf in place outside no_grad() raises", RuntimeError,
+                 update_without_no_grad, match="leaf Variable that requires grad")
+    return True
 
 
-def step_5_fit_a_line(device: torch.device, n_points: int, steps: int, lr: float) -> dict:
+def step_6_item_detach_data(device: torch.device) -> dict:
+    w = torch.tensor([1.0, 2.0], device=device, requires_grad=True)
+    loss = (w**2).sum()
+    value = loss.item()                    # Python float: copies one number to the host
+    detached, data = w.detach(), w.data    # tensors on w's storage, outside the graph
+    print(f"loss.item() = {value!r} ({type(value).__name__}); w.detach() = {detached} "
+          f"(requires_grad={detached.requires_grad}); w.data = {data}")
+    check(".item() is a Python float with the loss's value", isinstance(value, float)
+          and value == 5.0, detail=f"{type(value).__name__} {value}")
+    detached[0] = 10.0                     # a write through either one...
+    data[1] = 20.0
+    print(f"after detached[0] = 10 and data[1] = 20: w = {w.detach().cpu().tolist()}")
+    check("detach() and .data share w's memory: both writes show in w (no copy, no grad)",
+          w.detach().cpu().tolist() == [10.0, 20.0] and not detached.requires_grad
+          and not data.requires_grad)
+    return {"item": value, "w": w.detach()}
+
+
+def step_7_fit_a_line(device: torch.device, n_points: int, steps: int, lr: float) -> dict:
     true_w, true_b = 2.0, 1.0
     x = torch.linspace(-1, 1, n_points, device=device)                 # (N,)
     y = true_w * x + true_b + 0.05 * torch.randn(n_points, device=device)
@@ -104,8 +147,10 @@ def main(argv=None) -> dict:
         "closed_form_error": step_1_backward_matches_closed_form(device),
         "accumulated_grad": step_2_grad_accumulates(device),
         "zeroed_grad": step_3_zeroing_fixes_it(device),
-        "no_grad_ok": step_4_no_grad_records_nothing(device),
-        "fit": step_5_fit_a_line(device, **cfg),
+        "sum_of_grads": step_4_accumulation_is_by_design(device),
+        "no_grad_ok": step_5_no_grad_records_nothing(device),
+        "read_values": step_6_item_detach_data(device),
+        "fit": step_7_fit_a_line(device, **cfg),
     }
     print(f"summary: fitted w={results['fit']['w']:.3f}, b={results['fit']['b']:.3f}")
     return results

@@ -14,6 +14,12 @@ Claims proven:
      with ``retain_graph=True`` the second call works and adds the same gradient again.
   4. ``detach()`` cuts the graph: for ``sum(x * x.detach())`` the gradient is ``x``, not
      ``2x``; the detached tensor shares ``x``'s memory but requires no grad.
+  5. Define-by-run: the graph is recorded while Python runs, so a data-dependent ``while``
+     loop builds a different graph for each input (a different chain of ``grad_fn`` nodes)
+     and a different gradient (``2**k`` for ``k`` doublings).
+  6. ``.data`` vs ``detach()``: both share memory, but only ``detach()`` keeps the version
+     counter. Change a saved tensor in place through ``detach()`` and ``backward()`` raises;
+     through ``.data`` it runs and returns a silently wrong gradient.
 
 Run:  python autograd/03_computational_graph.py        (about 1 s on a laptop CPU)
 """
@@ -138,6 +144,49 @@ def step_4_detach_cuts_the_graph(device: torch.device, n: int) -> torch.Tensor:
     return x.grad
 
 
+def double_until_large(x: torch.Tensor, limit: float = 10.0) -> torch.Tensor:
+    """Ordinary Python control flow on tensor values: how many doublings depends on x."""
+    y = x
+    while y.norm() < limit:                # a Python bool, read from the data
+        y = y * 2                          # each pass records one more MulBackward0
+    return y.sum()
+
+
+def step_5_define_by_run(device: torch.device) -> dict:
+    found = {}
+    for start_value in (0.3, 3.0):
+        x = torch.full((2,), start_value, device=device, requires_grad=True)
+        y = double_until_large(x)
+        y.backward()
+        names = [type(node).__name__ for node in backward_path(y)]
+        k = names.count("MulBackward0")
+        found[start_value] = (k, x.grad.clone())
+        print(f"x = {start_value}: graph {' -> '.join(names)}; x.grad = {x.grad.tolist()}")
+        # sum(2^k x): the gradient is 2^k per entry, exact in float32.
+        check(f"x = {start_value}: the graph holds the {k} doublings that ran, and x.grad == "
+              f"2**{k}", x.grad, torch.full_like(x, 2.0**k))
+    check("different inputs built different graphs (different numbers of MulBackward0)",
+          found[0.3][0] != found[3.0][0], detail=f"{found[0.3][0]} vs {found[3.0][0]}")
+    return found
+
+
+def step_6_data_vs_detach(device: torch.device, n: int) -> torch.Tensor:
+    x = torch.randn(n, device=device, requires_grad=True)
+    y = torch.sigmoid(x)                   # SigmoidBackward saves y: dy/dx = y (1 - y)
+    y.detach().zero_()                     # in place, through detach(): the version bumps
+    check_raises("change a saved tensor through detach(): backward() refuses (RuntimeError)",
+                 RuntimeError, y.sum().backward, match="modified by an inplace operation")
+    true_grad = torch.sigmoid(x.detach()) * (1 - torch.sigmoid(x.detach()))
+    y = torch.sigmoid(x)
+    y.data.zero_()                         # the same change through .data: no version bump
+    y.sum().backward()                     # runs, with y = 0 where y was saved
+    print(f"true dy/dx = {rounded(true_grad)}; after the .data change x.grad = {rounded(x.grad)}")
+    # y(1 - y) with y zeroed is exactly 0: the gradient is wrong and nothing said so.
+    check("through .data backward() runs silently and returns a wrong gradient (0, not "
+          "y(1 - y))", x.grad, torch.zeros_like(x))
+    return x.grad
+
+
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -147,6 +196,8 @@ def main(argv=None) -> dict:
         "grad_fn_path": step_2_grad_fn_chain(device, **cfg),
         "retained_grad": step_3_retain_graph(device, **cfg),
         "detached_grad": step_4_detach_cuts_the_graph(device, **cfg),
+        "define_by_run": step_5_define_by_run(device),
+        "data_grad": step_6_data_vs_detach(device, **cfg),
     }
     print(f"summary: graph {' -> '.join(results['grad_fn_path'])}")
     return results

@@ -16,6 +16,17 @@ Claims proven, for ``f(x) = A tanh(x)`` (R^n -> R^m) and ``h(x) = x^T Q x / 2 + 
      ``(Q + Q^T)/2 - diag(sin x)``, ``torch.func.hessian`` and
      ``torch.autograd.functional.hessian``.
   5. ``vmap(jacrev(f))`` gives every per-sample Jacobian of a batch at once, equal to a loop.
+  6. Higher derivatives of a scalar: with ``create_graph=True`` the derivative is itself
+     differentiable: ``x**3`` at ``x = 3`` gives 27, 18, 6 (``3x^2``, ``6x``, ``6``).
+     ``torch.autograd.grad`` returns the gradient and leaves ``x.grad`` None;
+     ``backward()`` fills ``x.grad``.
+  7. A Hessian-vector product ``H v`` in two reverse passes, never forming ``H``: equal to the
+     closed form and ``torch.autograd.functional.hvp``.
+  8. The Hessian's eigenvalues tell a minimum from a saddle: all positive for a bowl
+     ``|A x|^2 + |x|^2`` (positive definite), ``(-2, 2)`` for ``x^2 - y^2`` (indefinite).
+  9. ``jacfwd`` vs ``jacrev``: forward mode costs one pass per *input*, reverse one per
+     *output*. Counted in FLOPs: for a tall Jacobian (many outputs) ``jacfwd`` does
+     ``m / n`` times less work; for a wide one ``jacrev`` wins by the same factor.
 
 Run:  python autograd/05_jacobian_and_advanced_autograd.py        (about 2 s on a laptop CPU)
 """
@@ -27,11 +38,12 @@ from contextlib import contextmanager
 
 import torch
 from torch.func import hessian, jacfwd, jacrev, jvp, vjp, vmap
+from torch.utils.flop_counter import FlopCounterMode
 
 from torchnotes import check, make_parser, start
 
-FULL = dict(n=6, m=4, batch=32)
-SMOKE = dict(n=3, m=2, batch=4)
+FULL = dict(n=6, m=4, batch=32, many=512)
+SMOKE = dict(n=3, m=2, batch=4, many=64)
 # All float32 with O(1) values; the methods differ only in summation order: ~1e-7 each.
 ATOL = 1e-5
 
@@ -158,6 +170,89 @@ def step_5_vmap_per_sample_jacobians(p: dict, batch: int) -> torch.Tensor:
                  looped, atol=ATOL)
 
 
+def nth_derivatives(fn, x: torch.Tensor, order: int) -> list:
+    """d/dx, d2/dx2, ... of a scalar function: each grad keeps a graph for the next one."""
+    x = x.detach().requires_grad_(True)
+    out, values = fn(x), []
+    for _ in range(order):
+        (out,) = torch.autograd.grad(out, x, create_graph=True)
+        values.append(out.item())
+    return values
+
+
+def step_6_higher_derivatives(device: torch.device) -> list:
+    x = torch.tensor(3.0, device=device)
+    values = nth_derivatives(lambda t: t**3, x, order=3)
+    print(f"x**3 at x = 3: d/dx, d2/dx2, d3/dx3 = {values}")
+    check("derivatives of x**3 at 3 == (3x^2, 6x, 6) == (27, 18, 6)", values, [27.0, 18.0, 6.0])
+    a = torch.tensor(3.0, device=device, requires_grad=True)
+    (ga,) = torch.autograd.grad(a**3, a)
+    print(f"autograd.grad returned {ga.item()}, a.grad = {a.grad}")
+    b = torch.tensor(3.0, device=device, requires_grad=True)
+    (b**3).backward()
+    check("autograd.grad returns the gradient and leaves .grad None; backward() fills .grad",
+          a.grad is None and b.grad is not None and b.grad.item() == ga.item() == 27.0)
+    return values
+
+
+def hvp_by_hand(h, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """H v = d/dx (grad h . v): the (n, n) Hessian is never built, only vectors."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(h(x), x, create_graph=True)          # (n,)
+    (hv,) = torch.autograd.grad(grad @ v, x)                           # (n,)
+    return hv
+
+
+def step_7_hessian_vector_product(p: dict) -> torch.Tensor:
+    h, x = p["h"], p["x"]
+    v = torch.randn(p["n"], device=x.device)
+    hv = hvp_by_hand(h, x, v)
+    print(f"H v in two backward passes: {hv.cpu().numpy().round(4)}")
+    check("H v by hand == closed-form H @ v", hv, p["H"](x) @ v, atol=ATOL)
+    check("== torch.autograd.functional.hvp", hv,
+          torch.autograd.functional.hvp(h, x, v)[1], atol=ATOL)
+    return hv
+
+
+def step_8_definiteness(device: torch.device, n: int) -> dict:
+    A = torch.randn(n, n, device=device)
+    bowl = lambda x: (A @ x).pow(2).sum() + x.pow(2).sum()      # noqa: E731  min at 0
+    saddle = lambda x: x[0] ** 2 - x[1] ** 2                      # noqa: E731
+    eig_bowl = torch.linalg.eigvalsh(hessian(bowl)(torch.zeros(n, device=device)))
+    eig_saddle = torch.linalg.eigvalsh(hessian(saddle)(torch.zeros(2, device=device)))
+    print(f"Hessian eigenvalues: bowl {eig_bowl.cpu().numpy().round(3)}, "
+          f"saddle {eig_saddle.cpu().numpy()}")
+    # H = 2 (A^T A + I): every eigenvalue is at least 2, far from 0.
+    check("bowl: every Hessian eigenvalue > 0 (positive definite: a minimum)",
+          bool((eig_bowl > 0).all()), detail=f"smallest {eig_bowl.min().item():.3f}")
+    check("saddle x^2 - y^2: eigenvalues (-2, 2) (indefinite: not a minimum)", eig_saddle,
+          [-2.0, 2.0], atol=1e-6)
+    return {"bowl": eig_bowl, "saddle": eig_saddle}
+
+
+def flops(fn, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, forward_mode_quietly():
+        fn(x)
+    return counter.get_total_flops()
+
+
+def step_9_jacfwd_vs_jacrev(device: torch.device, n: int, many: int) -> dict:
+    W = torch.randn(many, n, device=device)                  # (m, n)
+    tall = lambda x: torch.tanh(W @ x)                       # noqa: E731  R^n -> R^many
+    wide = lambda x: torch.tanh(W.T @ x)                     # noqa: E731  R^many -> R^n
+    x_n, x_m = torch.randn(n, device=device), torch.randn(many, device=device)
+    cost = {"tall": (flops(jacfwd(tall), x_n), flops(jacrev(tall), x_n)),
+            "wide": (flops(jacfwd(wide), x_m), flops(jacrev(wide), x_m))}
+    for shape, (fwd, rev) in cost.items():
+        print(f"{shape} Jacobian: jacfwd {fwd:,} FLOPs, jacrev {rev:,} FLOPs")
+    ratio = many / n
+    check(f"tall ({many} outputs, {n} inputs): jacfwd does {ratio:.0f}x fewer FLOPs",
+          cost["tall"][1] == ratio * cost["tall"][0], detail=f"{cost['tall']}")
+    check(f"wide ({many} inputs, {n} outputs): jacrev does {ratio:.0f}x fewer FLOPs",
+          cost["wide"][0] == ratio * cost["wide"][1], detail=f"{cost['wide']}")
+    return cost
+
+
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -169,6 +264,10 @@ def main(argv=None) -> dict:
         "jvp": step_3_jvp(p),
         "hessian": step_4_hessian(p),
         "vmap_error": step_5_vmap_per_sample_jacobians(p, cfg["batch"]),
+        "derivatives": step_6_higher_derivatives(device),
+        "hvp": step_7_hessian_vector_product(p),
+        "eigenvalues": step_8_definiteness(device, cfg["n"]),
+        "flops": step_9_jacfwd_vs_jacrev(device, cfg["n"], cfg["many"]),
     }
     print(f"summary: {cfg['m']}x{cfg['n']} Jacobian and {cfg['n']}x{cfg['n']} Hessian agree "
           f"across hand loops, torch.func and torch.autograd.functional")

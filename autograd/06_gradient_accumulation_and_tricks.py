@@ -8,10 +8,16 @@ Claims proven:
      (and the same optimiser step) as one big batch; without the 1/k it is k times too big.
   2. ``clip_grad_norm_`` returns the pre-clip total norm (equal to the norm computed by hand),
      leaves a total norm of at most ``max_norm``, and keeps the gradient's direction.
-  3. ``gradcheck`` in float64 confirms autograd's gradient of a small function against finite
-     differences, and rejects a gradient that a hook deliberately doubles.
+  3. A central difference written by hand, ``(f(x + h e_i) - f(x - h e_i)) / 2h`` in float64,
+     equals autograd's gradient; ``gradcheck`` automates exactly that, and rejects a gradient
+     that a hook deliberately doubles.
   4. Frozen parameters (``requires_grad_(False)``) get no gradient (``.grad`` stays ``None``)
      and an optimiser step, even AdamW with weight decay, leaves them unchanged.
+  5. The caveat: a frozen parameter whose ``.grad`` is a zero tensor (not ``None``; say it was
+     trained before being frozen) *is* changed by AdamW's weight decay, to ``w (1 - lr wd)``.
+     An optimiser built from ``filter(lambda p: p.requires_grad, ...)`` never touches it.
+  6. ``torch.inference_mode()`` is ``no_grad`` made stricter (and faster): its tensors are
+     marked as inference tensors and autograd rejects them later.
 
 Run:  python autograd/06_gradient_accumulation_and_tricks.py        (about 1 s on a laptop CPU)
 """
@@ -23,7 +29,7 @@ import copy
 import torch
 from torch import nn
 
-from torchnotes import check, float64_device, make_parser, start
+from torchnotes import check, check_raises, float64_device, make_parser, start
 
 FULL = dict(micro_batch=64, k=8, d_in=16, hidden=64)
 SMOKE = dict(micro_batch=4, k=4, d_in=4, hidden=8)
@@ -113,15 +119,32 @@ def step_2_clipping(device, d_in: int, hidden: int, max_norm: float = 1.0) -> di
     return {"pre_clip_norm": returned.item(), "post_clip_norm": after.norm().item()}
 
 
-def step_3_gradcheck(device: torch.device, d_in: int) -> bool:
+def central_difference(f, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+    """df/dx_i ~ (f(x + h e_i) - f(x - h e_i)) / 2h, one pair of calls per entry of x."""
+    grad = torch.zeros_like(x)
+    for i in range(x.numel()):
+        e = torch.zeros_like(x)
+        e.view(-1)[i] = h                                      # h in entry i, 0 elsewhere
+        grad.view(-1)[i] = (f(x + e) - f(x - e)) / (2 * h)    # error O(h^2)
+    return grad
+
+
+def step_3_finite_differences(device: torch.device, d_in: int) -> bool:
     dev = float64_device(device)
-    # float64: gradcheck's finite differences use eps=1e-6; in float32 rounding (~1e-7 of the
-    # value) divided by eps would swamp the derivative.
+    # float64: a difference quotient divides rounding error by h=1e-6; float32's ~1e-7 of the
+    # value would swamp the derivative.
     x = torch.randn(3, d_in, device=dev, dtype=torch.float64, requires_grad=True)
     w = torch.randn(d_in, 2, device=dev, dtype=torch.float64, requires_grad=True)
 
     def layer(x, w):
         return torch.tanh(x @ w)                                 # (3, 2)
+
+    layer(x, w).sum().backward()
+    by_hand = central_difference(lambda w_: layer(x.detach(), w_).sum(), w.detach())
+    # Truncation O(h^2) ~ 1e-12 plus rounding ~1e-16 / h ~ 1e-10: 1e-8 leaves room, and an
+    # O(h) one-sided difference (error ~1e-6) would not fit.
+    check("autograd's dL/dw == a central difference by hand (float64)", w.grad, by_hand,
+          atol=1e-8)
 
     def layer_with_wrong_gradient(x, w):
         xw = x @ w
@@ -159,6 +182,48 @@ def step_4_frozen_parameters(device: torch.device, d_in: int, hidden: int) -> di
     return {"trainable": trainable, "total": total}
 
 
+def step_5_weight_decay_caveat(device: torch.device, d_in: int, hidden: int,
+                               lr: float = 0.1, wd: float = 0.1) -> dict:
+    model = make_model(d_in, hidden, device)
+    x, y = torch.randn(8, d_in, device=device), torch.randn(8, 1, device=device)
+    model[0].requires_grad_(False)                               # frozen ...
+    for p in model[0].parameters():                              # ... after training once:
+        p.grad = torch.zeros_like(p)                             # its .grad is 0, not None
+    before = model[0].weight.detach().clone()
+    every = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    nn.functional.mse_loss(model(x), y).backward()
+    every.step()
+    print(f"AdamW over all parameters: frozen weight scaled by "
+          f"{(model[0].weight / before).mean().item():.4f} (1 - lr*wd = {1 - lr * wd})")
+    # AdamW: w <- w (1 - lr wd), then the Adam step, which is 0 for a zero gradient. float32.
+    check("the frozen layer was still decayed: w == w_before * (1 - lr * wd)",
+          model[0].weight, before * (1 - lr * wd), atol=1e-7)
+
+    model[0].weight.data.copy_(before)                           # reset and do it right
+    trainable = torch.optim.AdamW(filter(lambda p: p.requires_grad, model.parameters()),
+                                  lr=lr, weight_decay=wd)
+    nn.functional.mse_loss(model(x), y).backward()
+    trainable.step()
+    check("with filter(lambda p: p.requires_grad, ...) the frozen weights stay put",
+          torch.equal(model[0].weight, before))
+    return {"optimised_tensors": len(trainable.param_groups[0]["params"])}
+
+
+def step_6_inference_mode(device: torch.device, d_in: int, hidden: int) -> bool:
+    model = make_model(d_in, hidden, device)
+    x = torch.randn(4, d_in, device=device)
+    with torch.inference_mode():                                 # for evaluation and serving
+        features = model[0](x)                                   # (4, hidden)
+    print(f"made in inference_mode: requires_grad={features.requires_grad}, "
+          f"is_inference()={features.is_inference()}")
+    head = nn.Linear(hidden, 1).to(device)
+    check_raises("an inference tensor cannot be saved for backward later (RuntimeError)",
+                 RuntimeError, head, features, match="Inference tensors cannot be saved")
+    out = head(features.clone())                                 # a clone is a normal tensor
+    return check("its .clone() is a normal tensor that autograd accepts",
+                 out.requires_grad and not features.clone().is_inference())
+
+
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -166,8 +231,10 @@ def main(argv=None) -> dict:
     results = {
         "accumulation_error": step_1_accumulation(device, **cfg),
         "clipping": step_2_clipping(device, cfg["d_in"], cfg["hidden"]),
-        "gradcheck_caught_wrong_grad": step_3_gradcheck(device, cfg["d_in"]),
+        "gradcheck_caught_wrong_grad": step_3_finite_differences(device, cfg["d_in"]),
         "frozen": step_4_frozen_parameters(device, cfg["d_in"], cfg["hidden"]),
+        "filtered": step_5_weight_decay_caveat(device, cfg["d_in"], cfg["hidden"]),
+        "inference_mode": step_6_inference_mode(device, cfg["d_in"], cfg["hidden"]),
     }
     clip = results["clipping"]
     print(f"summary: accumulation matched the big batch (max |error| "

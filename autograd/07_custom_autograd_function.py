@@ -13,16 +13,26 @@ Claims proven:
      with the STE, while with ``torch.round`` ``w`` never moves.
   5. A two-input ``f(x, y) = x*y + sin x`` returns both gradients ``(y + cos x, x)``, equal to
      autograd on the same expression, and passes ``gradcheck`` for both inputs.
+  6. Non-tensor arguments (``clamp(x, lo, hi)``'s bounds) are kept on ``ctx`` as attributes,
+     and ``backward`` returns ``None`` as their gradient: one entry per forward input.
+     Forget the ``None``s and ``backward()`` raises ``RuntimeError``.
+  7. Why ``.apply``: it records one graph node that runs *your* backward (``grad_fn`` is
+     ``MyReLUBackward``); calling an instance, ``MyReLU()(x)``, raises ``RuntimeError``.
+  8. Sign STE vs clipped STE: both binarise with ``sign``; the plain STE passes every gradient
+     through, the clipped one only where ``|x| <= 1`` (the gradient of ``hardtanh``), so
+     weights far outside stop drifting.
 
 Run:  python autograd/07_custom_autograd_function.py        (about 1 s on a laptop CPU)
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.autograd import Function, gradcheck
 
-from torchnotes import check, float64_device, make_parser, start
+from torchnotes import check, check_raises, float64_device, make_parser, start
 
 FULL = dict(n=64, steps=100)
 SMOKE = dict(n=8, steps=30)
@@ -167,6 +177,95 @@ def step_5_two_inputs(device: torch.device, n: int) -> float:
     return err
 
 
+class Clamp(Function):
+    """clamp(x, lo, hi): x is a tensor; lo and hi are plain Python floats."""
+
+    @staticmethod
+    def forward(ctx, x, lo: float, hi: float):
+        ctx.save_for_backward(x)              # tensors: save_for_backward
+        ctx.lo, ctx.hi = lo, hi               # anything else: a plain attribute on ctx
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        inside = (x >= ctx.lo) & (x <= ctx.hi)
+        return grad_out * inside, None, None  # one per forward input; floats get None
+
+
+class ClampForgotTheNones(Clamp):
+    @staticmethod
+    def backward(ctx, grad_out):
+        return Clamp.backward(ctx, grad_out)[0]      # only x's gradient: a common slip
+
+
+def step_6_non_tensor_arguments(device: torch.device, n: int) -> float:
+    x = 2 * torch.randn(n, device=device)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    v = torch.randn(n, device=device)
+    Clamp.apply(a, -1.0, 1.0).backward(v)
+    torch.clamp(b, -1.0, 1.0).backward(v)
+    print(f"x[:4] = {x[:4].cpu().numpy().round(3)} -> grad {a.grad[:4].cpu().numpy().round(3)}")
+    err = check("Clamp(x, -1.0, 1.0) backward == torch.clamp's (exactly)", a.grad, b.grad)
+    check_raises("a backward that returns 1 gradient for 3 inputs raises RuntimeError",
+                 RuntimeError, lambda: ClampForgotTheNones.apply(a, -1.0, 1.0).sum().backward(),
+                 match="incorrect number of gradients")
+    return err
+
+
+def step_7_why_apply(device: torch.device, n: int) -> str:
+    x = torch.randn(n, device=device, requires_grad=True)
+    node = type(MyReLU.apply(x).grad_fn).__name__
+    print(f"MyReLU.apply(x).grad_fn: {node}")
+    check("MyReLU.apply records one node that runs our backward: grad_fn is MyReLUBackward",
+          node == "MyReLUBackward", detail=node)
+    with warnings.catch_warnings():        # instantiating also warns before it fails
+        warnings.simplefilter("ignore", DeprecationWarning)
+        check_raises("calling an instance, MyReLU()(x), raises RuntimeError (old-style API)",
+                     RuntimeError, lambda: MyReLU()(x), match="Legacy autograd function")
+    return node
+
+
+class SignSTE(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.sign(x)                  # binarise: -1, 0 or +1
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out                       # pretend sign was the identity
+
+
+class ClippedSignSTE(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return grad_out * (x.abs() <= 1)      # pretend sign was hardtanh (clip to [-1, 1])
+
+
+def step_8_sign_ste_vs_clipped(device: torch.device, n: int) -> dict:
+    x = 2 * torch.randn(n, device=device)
+    x[0], x[1] = 0.5, 3.0                     # one inside [-1, 1], one far outside
+    a, b, c = (x.clone().requires_grad_(True) for _ in range(3))
+    v = torch.randn(n, device=device)
+    SignSTE.apply(a).backward(v)
+    ClippedSignSTE.apply(b).backward(v)
+    torch.nn.functional.hardtanh(c).backward(v)         # the oracle for the clipped one
+    print(f"x[:2] = {x[:2].tolist()}: plain STE grad {a.grad[:2].cpu().numpy().round(3)}, "
+          f"clipped {b.grad[:2].cpu().numpy().round(3)} (upstream {v[:2].cpu().numpy().round(3)})")
+    check("both forwards == torch.sign", torch.stack([SignSTE.apply(x), ClippedSignSTE.apply(x)]),
+          torch.sign(x).expand(2, n))
+    check("plain sign STE: x.grad == upstream gradient everywhere", a.grad, v)
+    check("clipped STE: x.grad == hardtanh's gradient (upstream where |x| <= 1, else 0)",
+          b.grad, c.grad)
+    return {"plain": a.grad, "clipped": b.grad}
+
+
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -177,8 +276,11 @@ def main(argv=None) -> dict:
         "straight_through": step_3_straight_through(device, cfg["n"]),
         "ste_training": step_4_ste_trains(device, cfg["steps"]),
         "two_input_error": step_5_two_inputs(device, cfg["n"]),
+        "clamp_error": step_6_non_tensor_arguments(device, cfg["n"]),
+        "apply_node": step_7_why_apply(device, cfg["n"]),
+        "sign_ste": step_8_sign_ste_vs_clipped(device, cfg["n"]),
     }
-    print(f"summary: 3 custom Functions verified; STE took w to "
+    print(f"summary: 6 custom Functions verified; STE took w to "
           f"{results['ste_training']['STE']:.2f}")
     return results
 

@@ -1,25 +1,24 @@
-"""Tensors: creation, views vs copies, indexing, broadcasting, NumPy, and moving to a device.
+"""Tensors: creation, views vs copies, shape operations, indexing and broadcasting.
 
-The everyday tensor operations, each checked against NumPy or against itself, plus the rules
-that bite: which operations share memory, when ``view`` fails, how shapes broadcast.
+The everyday tensor operations, each checked against NumPy, plus the rules that bite: which
+operations share memory, when ``view`` fails, how shapes broadcast. Arithmetic, NumPy and
+devices follow in 09.
 
 Claims proven:
   1. ``zeros/ones/full/arange/linspace/eye`` match NumPy, with the dtype requested
      (and PyTorch's defaults: float32 for floats, int64 for integer ``arange``).
-  2. ``view`` shares storage (same ``data_ptr``; writes show through); ``clone`` copies;
-     a transpose is a non-contiguous view and ``contiguous()`` copies it.
+  2. ``view`` shares storage (writes show through); ``clone`` copies; a transpose is a
+     non-contiguous view and ``contiguous()`` copies it.
   3. ``view`` of a non-contiguous tensor raises ``RuntimeError``; ``reshape`` works there
      (copying) and equals NumPy's C-order reshape.
-  4. Basic, boolean-mask and fancy (integer-list) indexing give NumPy's results; slicing
+  4. Shape operations equal NumPy's: ``squeeze``/``unsqueeze`` drop and add size-1 dims;
+     ``permute(2, 0, 1)`` turns an image from HWC (PIL, NumPy) into CHW (PyTorch), moving
+     every pixel to ``[c, h, w]``; ``expand`` repeats without copying (stride 0, shared
+     memory) where ``repeat`` copies.
+  5. Basic, boolean-mask and fancy (integer-list) indexing give NumPy's results; slicing
      returns a view, mask and fancy indexing return copies.
-  5. Broadcasting follows NumPy's rule (align shapes on the right; sizes must match or be 1):
-     result shapes equal ``torch.broadcast_shapes`` and ``np.broadcast_shapes``, values equal
-     NumPy's, and an incompatible pair raises ``RuntimeError``.
-  6. ``torch.from_numpy`` and ``.numpy()`` share memory with the array (a write on one side is
-     seen on the other); ``torch.tensor(array)`` copies.
-  7. ``.to()`` onto the device a tensor is already on returns that same tensor, and the same
-     computation on the selected device equals the CPU within tolerance. (When the selected
-     device is the CPU, it is compared with a float64 CPU run instead.)
+  6. Broadcasting follows NumPy's rule (align shapes on the right; sizes must match or be 1):
+     result shapes and values equal NumPy's, and an incompatible pair raises ``RuntimeError``.
 
 Run:  python autograd/08_tensor_operations_and_gpu.py        (about 1 s on a laptop CPU)
 """
@@ -31,8 +30,8 @@ import torch
 
 from torchnotes import check, check_raises, make_parser, start
 
-FULL = dict(n=512)
-SMOKE = dict(n=64)
+FULL = dict(height=32, width=48)
+SMOKE = dict(height=4, width=6)
 
 
 def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -97,7 +96,39 @@ def step_3_view_vs_reshape(device: torch.device) -> torch.Tensor:
     return flat
 
 
-def step_4_indexing(device: torch.device) -> dict:
+def step_4_shape_operations(device: torch.device, height: int, width: int) -> dict:
+    x = torch.randn(1, 3, 1, 5, device=device)                  # (1, 3, 1, 5)
+    n = x.cpu().numpy()
+    squeezed = x.squeeze()                                      # every size-1 dim: (3, 5)
+    print(f"x {tuple(x.shape)}: squeeze() {tuple(squeezed.shape)}, squeeze(0) "
+          f"{tuple(x.squeeze(0).shape)}, squeeze(0).unsqueeze(-1) "
+          f"{tuple(x.squeeze(0).unsqueeze(-1).shape)}")
+    check("squeeze()/squeeze(0)/unsqueeze(-1) == NumPy's squeeze/squeeze(0)/expand_dims",
+          np.array_equal(squeezed.cpu().numpy(), n.squeeze())
+          and np.array_equal(x.squeeze(0).cpu().numpy(), n.squeeze(0))
+          and np.array_equal(x.squeeze(0).unsqueeze(-1).cpu().numpy(),
+                             np.expand_dims(n.squeeze(0), -1)))
+
+    hwc = torch.randint(0, 256, (height, width, 3), device=device, dtype=torch.uint8)
+    chw = hwc.permute(2, 0, 1)                                  # (H, W, C) -> (C, H, W)
+    print(f"image HWC {tuple(hwc.shape)} -> permute(2, 0, 1) -> CHW {tuple(chw.shape)}")
+    check("permute(2, 0, 1): shape (C, H, W) and chw[c, h, w] == hwc[h, w, c] "
+          "(NumPy's transpose(2, 0, 1))",
+          np.array_equal(chw.cpu().numpy(), hwc.cpu().numpy().transpose(2, 0, 1)))
+
+    col = torch.arange(3.0, device=device).view(3, 1)           # (3, 1)
+    wide, copied = col.expand(3, 4), col.repeat(1, 4)           # both (3, 4)
+    print(f"expand: stride {wide.stride()}; repeat: stride {copied.stride()}")
+    check("expand == repeat == np.broadcast_to in values; expand has stride 0 and shares "
+          "memory, repeat copies",
+          torch.equal(wide, copied) and np.array_equal(wide.cpu().numpy(),
+                                                       np.broadcast_to(col.cpu().numpy(), (3, 4)))
+          and wide.stride(1) == 0 and shares_memory(col, wide)
+          and not shares_memory(col, copied))
+    return {"chw": chw, "expanded_stride": wide.stride()}
+
+
+def step_5_indexing(device: torch.device) -> dict:
     a = torch.randn(4, 5, device=device)
     n = a.cpu().numpy()
     rows, cols = [0, 2, 3], [1, 1, 4]
@@ -118,7 +149,7 @@ def step_4_indexing(device: torch.device) -> dict:
     return {name: t for name, (t, _) in cases.items()}
 
 
-def step_5_broadcasting(device: torch.device) -> list:
+def step_6_broadcasting(device: torch.device) -> list:
     pairs = [((3, 1), (1, 4)), ((5, 3, 1), (4,)), ((2, 1, 6), (7, 1)), ((4, 3), ())]
     shapes = []
     for sa, sb in pairs:
@@ -137,59 +168,6 @@ def step_5_broadcasting(device: torch.device) -> list:
     return shapes
 
 
-def step_6_numpy_round_trip() -> bool:
-    arr = np.arange(6, dtype=np.float32)
-    shared = torch.from_numpy(arr)            # CPU only: a CUDA tensor needs .cpu() first
-    copied = torch.tensor(arr)
-    arr[0] = 100.0                            # write on the NumPy side
-    back = shared.numpy()                     # no copy either
-    shared[1] = -1.0                          # write on the torch side
-    print(f"arr = {arr.tolist()}, from_numpy = {shared.tolist()}, tensor() = {copied.tolist()}")
-    check("torch.from_numpy shares memory: the write to arr shows in the tensor",
-          shared[0].item() == 100.0)
-    check(".numpy() shares memory: the write to the tensor shows in the array and in arr",
-          back[1] == -1.0 and arr[1] == -1.0 and np.shares_memory(back, arr))
-    return check("torch.tensor(arr) copies: it still holds the original values",
-                 copied[0].item() == 0.0 and copied[1].item() == 1.0)
-
-
-def compute(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(torch.tanh(x @ w), dim=-1)          # (n, n)
-
-
-def tolerance(device: torch.device) -> float:
-    """atol for n * compute(...) (values of order 1) on ``device`` vs the CPU reference.
-
-    On the CPU float32 is compared with float64: ~1e-7 relative per op, a few ops deep.
-    Other kernels sum in another order (~1e-6 relative); TF32 matmul only if you enable it.
-    """
-    return 1e-5 if device.type == "cpu" else 1e-4
-
-
-def step_7_same_result_on_device(device: torch.device, n: int) -> float:
-    x, w = torch.randn(n, n), torch.randn(n, n) / n**0.5      # made on the CPU
-    x_dev, w_dev = x.to(device), w.to(device)                 # .to(device): the portable way
-    if device.type == "cuda":                                 # .cuda() only on the GPU you chose
-        print(f"x.cuda(device) also works here: {x.cuda(device).device} "
-              f"(same as x.to({str(device)!r}))")
-    else:
-        print(f"the selected device is {device.type}, so this note does not call x.cuda(): "
-              "use x.to(device)")
-    check(".to() the device a tensor is already on returns the same tensor (no copy)",
-          x_dev.to(device) is x_dev)
-    result = compute(x_dev, w_dev).cpu()                      # back to the CPU to compare
-    if device.type == "cpu":
-        print("the selected device is the CPU: comparing float32 with a float64 CPU run "
-              "(a different path, not a different device)")
-        reference, against = compute(x.double(), w.double()), "float64 on the CPU"
-    else:
-        reference, against = compute(x, w), "float32 on the CPU"
-    # Each softmax row sums to 1, so entries are ~1/n: times n they are of order 1, and an
-    # absolute tolerance on them means the same thing at every n.
-    return check(f"compute() in float32 on {device} == {against} (both times n)",
-                 result * n, reference * n, atol=tolerance(device))
-
-
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
@@ -198,13 +176,12 @@ def main(argv=None) -> dict:
         "created": step_1_creation(device),
         "views": step_2_views_and_copies(device),
         "reshaped": step_3_view_vs_reshape(device),
-        "indexed": step_4_indexing(device),
-        "broadcast_shapes": step_5_broadcasting(device),
-        "numpy_shares_memory": step_6_numpy_round_trip(),
-        "device_error": step_7_same_result_on_device(device, cfg["n"]),
+        "shapes": step_4_shape_operations(device, **cfg),
+        "indexed": step_5_indexing(device),
+        "broadcast_shapes": step_6_broadcasting(device),
     }
-    print(f"summary: every rule matched NumPy; {device} float32 agrees with the CPU reference "
-          f"to {results['device_error']:.1e} (outputs times n)")
+    print("summary: creation, views, shapes, indexing and broadcasting all matched NumPy; "
+          "next: autograd/09_tensor_math_and_devices.py")
     return results
 
 
