@@ -1,0 +1,84 @@
+"""training/05_train_fast.py and 06_benchmark.py: the fast path's pieces, and claims that break."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import functional as TF
+
+from torchnotes import ClaimError
+
+FAST = "training/05_train_fast.py"
+BENCH = "training/06_benchmark.py"
+
+
+def smoke(module, tmp_path):
+    return module.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+
+
+def test_crop_flip_equals_torchvision_at_every_offset(note):
+    fast = note(FAST)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (18, 32, 32, 3), dtype=torch.uint8, generator=g)
+    pad = F.pad(x, (0, 0, 4, 4, 4, 4))
+    oy = torch.tensor([0, 8, 4, 0, 8, 1, 7, 3, 5] * 2)           # both edges of the range
+    ox = torch.tensor([0, 8, 4, 8, 0, 6, 2, 5, 3] * 2)
+    flip = torch.arange(18) % 2 == 0
+    out = fast.crop_flip(pad, oy, ox, flip)
+    for i in range(18):
+        ref = TF.crop(TF.pad(x[i].permute(2, 0, 1), 4), int(oy[i]), int(ox[i]), 32, 32)
+        ref = TF.hflip(ref) if flip[i] else ref
+        assert torch.equal(out[i], ref.permute(1, 2, 0)), i
+
+
+def test_to_input_normalises_and_is_channels_last(note):
+    fast = note(FAST)
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    mean, std = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.25, 2.0])
+    out = fast.to_input(x, mean, std)
+    ref = (x.permute(0, 3, 1, 2).float() / 255 - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(out, ref)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_note_stops_on_a_row_flip_instead_of_a_column_flip(note, tmp_path, monkeypatch):
+    fast = note(FAST)
+    right = fast.crop_flip
+
+    def rows_flipped(x_pad, oy, ox, flip, size=32):
+        return torch.where(flip[:, None, None, None], right(x_pad, oy, ox, flip * 0 > 0,
+                                                             size).flip(1),
+                           right(x_pad, oy, ox, flip, size))
+
+    monkeypatch.setattr(fast, "crop_flip", rows_flipped)
+    with pytest.raises(ClaimError, match="crop"):
+        smoke(fast, tmp_path)
+
+
+def test_fast_note_stops_when_the_input_is_copied_to_nchw(note, tmp_path, monkeypatch):
+    fast = note(FAST)
+    right = fast.to_input
+    monkeypatch.setattr(fast, "to_input", lambda *a: right(*a).contiguous())
+    with pytest.raises(ClaimError, match="channels_last"):
+        smoke(fast, tmp_path)
+
+
+def test_fast_note_stops_when_autocast_is_silently_off(note, tmp_path, monkeypatch):
+    fast = note(FAST)
+    if fast.autocast_dtype(torch.device("cpu")) is None:
+        pytest.skip("this CPU has no native bf16: the note runs float32 without autocast")
+    # e.g. torch.autocast("cuda", ...) on a CPU tensor: nothing is cast, nothing complains
+    monkeypatch.setattr(fast.torch, "autocast", lambda *a, **k: contextlib.nullcontext())
+    with pytest.raises(ClaimError, match="autocast really runs"):
+        smoke(fast, tmp_path)
+
+
+def test_flop_formula_is_pinned_and_a_wrong_one_is_caught(note, tmp_path, monkeypatch):
+    bench = note(BENCH)
+    assert bench.moli_flops_by_formula() == 69_209_856
+    monkeypatch.setattr(bench, "moli_flops_by_formula", lambda h=32: 24_708_352 * 3)
+    with pytest.raises(ClaimError, match="FLOPs"):
+        bench.step_1_flops(torch.device("cpu"))
