@@ -214,6 +214,22 @@ def test_01_conversion_claim_fails_when_plain_tensor_is_a_buffer(note):
         mod.step_4_conversion_skips_plain(model)
 
 
+def test_01_state_dict_and_half_claims_fail_for_other_registrations(note):
+    mod = note("nn_modules/01_nn_module.py")
+    model = mod.Moli(4)
+    calls = model.calls
+    del model.calls
+    model.register_buffer("calls", calls, persistent=False)   # a buffer left out of state_dict
+    with pytest.raises(ClaimError, match="state_dict"):
+        mod.step_3_registration(model)
+    model = mod.Moli(4)
+    scale = model.scale.detach().clone()
+    del model.scale
+    model.scale = scale                                     # a plain tensor: .half() skips it
+    with pytest.raises(ClaimError, match="became float16"):
+        mod.step_4_conversion_skips_plain(model)
+
+
 # 02 ------------------------------------------------------------------------------------------
 
 def test_02_relu_claim_fails_for_leaky_relu(note):
@@ -236,11 +252,14 @@ def test_02_sigmoid_and_no_parameter_claims_fail(note):
         mod.step_2_sigmoid_formula(moli, DEV)
 
 
-def test_02_inplace_claim_fails_when_inplace_is_ignored(note, monkeypatch):
+def test_02_inplace_claims_fail_when_inplace_is_ignored_or_forced(note, monkeypatch):
     mod = note("nn_modules/02_nn_relu.py")
     real = nn.ReLU
     monkeypatch.setattr(mod.nn, "ReLU", lambda inplace=False: real(inplace=False))
     with pytest.raises(ClaimError, match="storage"):
+        mod.step_3_inplace_shares_storage(DEV)
+    monkeypatch.setattr(mod.nn, "ReLU", lambda inplace=False: real(inplace=True))
+    with pytest.raises(ClaimError, match="input is unchanged"):
         mod.step_3_inplace_shares_storage(DEV)
 
 
@@ -668,6 +687,7 @@ class EvalOnlyBN(nn.BatchNorm2d):
 def test_11_batchnorm_train_claims_fail(note, monkeypatch):
     mod = note("nn_modules/11_nn_common_layers.py")
     shape = dict(batch=2, channels=3, size=4)
+    real_bn = nn.BatchNorm2d
 
     class FastMomentum(nn.BatchNorm2d):                     # updates faster than it says
         def forward(self, x):
@@ -678,6 +698,19 @@ def test_11_batchnorm_train_claims_fail(note, monkeypatch):
 
     monkeypatch.setattr(mod.nn, "BatchNorm2d", FastMomentum)
     with pytest.raises(ClaimError, match="running_mean"):
+        mod.step_1_batchnorm_train(DEV, **shape)
+
+    class BiasedRunningVar(real_bn):                 # running_var from the biased var
+        def forward(self, x):
+            old = self.running_var.clone()
+            out = super().forward(x)
+            with torch.no_grad():
+                biased = x.var(dim=(0, 2, 3), correction=0)
+                self.running_var.copy_((1 - self.momentum) * old + self.momentum * biased)
+            return out
+
+    monkeypatch.setattr(mod.nn, "BatchNorm2d", BiasedRunningVar)
+    with pytest.raises(ClaimError, match="running_var"):
         mod.step_1_batchnorm_train(DEV, **shape)
     monkeypatch.setattr(mod.nn, "BatchNorm2d", EvalOnlyBN)
     with pytest.raises(ClaimError, match="train-mode output"):
@@ -765,6 +798,19 @@ def test_11_dropout2d_claim_fails_for_elementwise_dropout(note, monkeypatch):
     mod = note("nn_modules/11_nn_common_layers.py")
     monkeypatch.setattr(mod.nn, "Dropout2d", nn.Dropout)
     with pytest.raises(ClaimError, match="all 0 or all"):
+        mod.step_7_dropout2d(DEV, dropout_units=20_000)
+
+    class HalfRate(nn.Module):                              # whole channels, but half as often
+        def __init__(self, p):
+            super().__init__()
+            self.p = p
+
+        def forward(self, x):
+            keep = torch.rand(*x.shape[:2], 1, 1) >= self.p / 2
+            return x * keep / (1 - self.p)
+
+    monkeypatch.setattr(mod.nn, "Dropout2d", HalfRate)
+    with pytest.raises(ClaimError, match="fraction of channels"):
         mod.step_7_dropout2d(DEV, dropout_units=20_000)
 
 
