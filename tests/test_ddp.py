@@ -175,23 +175,46 @@ def _swap(out, like, rank, n):
     return received
 
 
-def test_ring_all_reduce_equals_dist_all_reduce_on_three_ranks(adv, tmp_path):
+def _ring_worker(rank: int, n: int, port: int, folder: str, note_ring) -> None:
+    """Started by mp.spawn: the note's ring, the slipped ring and dist.all_reduce, side by side."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=n)
+    try:
+        mine = torch.randn(10_000, generator=torch.Generator().manual_seed(100 + rank))
+        # 10,000 = 3,334 + 3,333 + 3,333 (unequal chunks); the slipped ring gets 9,999 (equal
+        # chunks), so its wrong index changes the values, not the message sizes.
+        out = dict(note=mine.clone(), slipped=mine[:9_999].clone())
+        out["note_sent"] = note_ring(out["note"])
+        _ring_wrong_chunk(out["slipped"])
+        out["library"], out["library_9999"] = mine.clone(), mine[:9_999].clone()
+        dist.all_reduce(out["library"])
+        dist.all_reduce(out["library_9999"])
+        torch.save(out, f"{folder}/rank_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ring_all_reduce_equals_dist_all_reduce_and_a_slip_is_caught(adv, tmp_path):
+    import torch.multiprocessing as mp
+
+    n = 3            # chunks of unequal size (10,000 / 3), two steps in each phase
+    mp.spawn(_ring_worker, args=(n, adv.free_port(), str(tmp_path),
+                                 adv.spawnable(adv.ring_all_reduce)), nprocs=n, join=True)
+    ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(n)]
+    cfg = dict(adv.SMOKE, world_size=n, numel=10_000)
+    note = [dict(ring=r["note"], library=r["library"], sent=r["note_sent"]) for r in ranks]
     reset_claims()
-    # 3 ranks: chunks of unequal size (10,000 / 3) and a two-step ring in each phase.
-    out = adv.main(["--smoke", "--device", "cpu", "--world-size", "3", "--out-dir",
-                    str(tmp_path)])
-    assert out["world_size"] == 3 and out["backend"] == "gloo"
-    assert out["ring_error"] <= 1e-5 and out["grad_error"] <= 1e-5
+    adv.step_2_ring_all_reduce(note, cfg)                 # == dist.all_reduce, == the sum
+    assert len(passed_claims()) == n + 2
     # Every chunk travels N-1 times in each phase; chunks differ by one element at most.
-    assert sum(out["sent"]) == 2 * 2 * 10_000 and max(out["sent"]) - min(out["sent"]) <= 2
-    assert len(passed_claims()) == 6 + 3                  # one ring check per rank
-
-
-def test_a_wrong_chunk_index_is_caught(adv, monkeypatch, tmp_path):
-    # main() hands the function to the spawned workers; they import it from this module.
-    monkeypatch.setattr(adv, "ring_all_reduce", _ring_wrong_chunk)
-    with pytest.raises(ClaimError, match="rank 0: ring all-reduce == dist.all_reduce"):
-        adv.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+    sent = [r["note_sent"] for r in ranks]
+    assert sum(sent) == 2 * (n - 1) * 10_000 and max(sent) - min(sent) <= 2
+    slipped = [dict(ring=r["slipped"], library=r["library_9999"], sent=r["note_sent"])
+               for r in ranks]
+    with pytest.raises(ClaimError, match=r"ring all-reduce == dist.all_reduce"):
+        adv.step_2_ring_all_reduce(slipped, dict(cfg, numel=9_999))
 
 
 def _honest(adv, n: int) -> tuple[dict, list[dict]]:

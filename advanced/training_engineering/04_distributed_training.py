@@ -114,8 +114,8 @@ def flat(tensors) -> torch.Tensor:
 
 # ---- one process per device: what mp.spawn starts ------------------------------------------
 
-def worker(rank: int, world_size: int, port: int, backend: str, cfg: dict, out_dir: str,
-           all_reduce) -> None:
+def worker(rank: int, world_size: int, port: int, backend: str, cfg: dict,
+           out_dir: str) -> None:
     """Rank ``rank`` of ``world_size``: run the experiments, save what it saw for the parent."""
     torch.set_num_threads(1)               # N processes share the cores; no oversubscription
     if backend == "gloo":
@@ -128,7 +128,7 @@ def worker(rank: int, world_size: int, port: int, backend: str, cfg: dict, out_d
     try:
         mine = rank_tensor(rank, cfg["numel"]).to(device)
         ring, library = mine.clone(), mine.clone()
-        sent = all_reduce(ring)                             # by hand
+        sent = ring_all_reduce(ring)                        # by hand
         dist.all_reduce(library, op=dist.ReduceOp.SUM)      # PyTorch's (gloo/NCCL)
 
         model = make_model(cfg, seed=rank).to(device)       # different weights on every rank
@@ -188,8 +188,8 @@ def run_workers(cfg: dict, backend: str, out_dir: Path) -> list[dict]:
         old.unlink()                       # never read an earlier run's results
     # mp.spawn(fn, args, nprocs) calls fn(rank, *args) in nprocs fresh processes ("spawn":
     # each re-imports torch) and raises here if any of them fails.
-    mp.spawn(spawnable(worker), args=(n, free_port(), backend, cfg, str(folder),
-                                      spawnable(ring_all_reduce)), nprocs=n, join=True)
+    mp.spawn(spawnable(worker), args=(n, free_port(), backend, cfg, str(folder)), nprocs=n,
+             join=True)
     return [torch.load(folder / f"rank_{r}.pt", weights_only=True) for r in range(n)]
 
 
