@@ -37,6 +37,13 @@ from torchnotes.datasets import (
 )
 
 
+def as_tensors(ds):
+    """All images of a stand-in as float (N, C, H, W) in [0, 1] and labels (N,), no transform."""
+    x = torch.from_numpy(np.asarray(ds.data))
+    x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None]              # CIFAR HWC, MNIST HW
+    return x.float() / 255, torch.as_tensor(ds.targets)
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test instead of reaching the internet."""
@@ -64,8 +71,8 @@ def test_moli_cnn_one_epoch_reaches_80_percent(capsys, one_thread):
     torch.manual_seed(0)
     t0 = time.perf_counter()
     train, test = SyntheticCIFAR10(True, size=10_000), SyntheticCIFAR10(False, size=2_000)
-    x, y = train.tensors()                                        # (N, 3, 32, 32) in [0, 1]
-    xt, yt = test.tensors()
+    x, y = as_tensors(train)                                        # (N, 3, 32, 32) in [0, 1]
+    xt, yt = as_tensors(test)
     made = time.perf_counter() - t0
     mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)
     x, xt = (x - mean) / std, (xt - mean) / std                   # Normalize, train statistics
@@ -102,7 +109,7 @@ def test_mnist_stand_in_mirrors_the_torchvision_api():
     img, label = ds[0]
     assert isinstance(img, Image.Image) and img.mode == "L" and img.size == (28, 28)
     assert label == int(ds.targets[0]) and isinstance(label, int)
-    x, y = ds.tensors()
+    x, y = as_tensors(ds)
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
     assert torch.equal(y, ds.targets)
     # Digits are white ink on black, mostly inside the central 20x20 box, like MNIST.
@@ -121,8 +128,8 @@ def test_mnist_stand_in_is_deterministic_and_splits_differ():
 def test_mnist_stand_in_is_learnable(one_thread):
     """A linear classifier trained for 3 short epochs on 3000 digits beats 80% on held-out ones."""
     torch.manual_seed(0)
-    x, y = SyntheticMNIST(True, size=3000).tensors()
-    xt, yt = SyntheticMNIST(False, size=1000).tensors()
+    x, y = as_tensors(SyntheticMNIST(True, size=3000))
+    xt, yt = as_tensors(SyntheticMNIST(False, size=1000))
     model = nn.Linear(784, 10)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(3):

@@ -11,7 +11,7 @@ import torch
 import torchnotes
 from torchnotes import ClaimError, DeviceError, NoteError, check, get_device
 from torchnotes.curriculum import REPO_ROOT, notes, summary_of
-from torchnotes.datasets import SyntheticCIFAR10, cifar10, make_shapes
+from torchnotes.datasets import SyntheticCIFAR10, make_shapes
 
 
 # --- device -----------------------------------------------------------------------------------
@@ -175,8 +175,7 @@ def test_stand_in_mirrors_the_cifar10_api():
     assert len(ds) == 50 and len(ds.classes) == 10 and set(ds.targets) <= set(range(10))
     img, label = ds[0]
     assert img.size == (32, 32) and img.mode == "RGB" and isinstance(label, int)
-    x, y = ds.tensors()
-    assert x.shape == (50, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and y.shape == (50,)
+    assert np.array_equal(np.asarray(img), ds.data[0]) and label == ds.targets[0]
 
 
 def test_stand_in_is_deterministic_and_splits_differ():
@@ -194,15 +193,6 @@ def test_stand_in_classes_are_all_present_and_distinct():
     means = np.stack([x[y == k].reshape(-1, 32 * 32 * 3).mean(0) for k in range(10)])
     gaps = np.abs(means[:, None] - means[None]).mean(-1) + np.eye(10) * 1e9
     assert gaps.min() > 1.0                        # every pair of class means differs
-
-
-def test_cifar10_chooser_gives_the_stand_in_and_says_so(tmp_path, capsys):
-    ds = cifar10(train=False, source="auto", root=tmp_path, size=8, seed=2)
-    assert isinstance(ds, SyntheticCIFAR10) and len(ds) == 8
-    assert np.array_equal(ds.data, SyntheticCIFAR10(False, size=8, seed=2).data)
-    assert "stand-in" in capsys.readouterr().out
-    with pytest.raises(NoteError, match=r"--data real: CIFAR-10 is not under"):
-        cifar10(source="real", root=tmp_path)
 
 
 def test_data_source_forces_stand_in_for_smoke():
@@ -227,22 +217,6 @@ def test_float64_device_avoids_mps():
     assert torchnotes.float64_device(torch.device("cpu")) == torch.device("cpu")
     assert torchnotes.float64_device(torch.device("mps")) == torch.device("cpu")
     assert torchnotes.float64_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
-
-
-def test_cifar10_batch_gives_one_float_batch_drawn_from_the_seed(tmp_path, capsys):
-    from torchnotes.datasets import cifar10_batch
-
-    def batch(seed):
-        args = argparse.Namespace(smoke=True, data="auto", data_root=tmp_path, download=False,
-                                  seed=seed)
-        return cifar10_batch(args, 6, train=True)
-
-    images, labels = batch(0)
-    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
-    assert labels.shape == (6,) and 0 <= images.min() and images.max() <= 1
-    x, y = SyntheticCIFAR10(True, size=6).tensors()
-    assert torch.equal(images, x) and torch.equal(labels, y)      # the same first n images
-    assert not torch.equal(batch(3)[0], images)                   # --seed 3: other images
 
 
 def test_check_never_passes_by_an_infinity():

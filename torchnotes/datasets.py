@@ -1,10 +1,7 @@
-"""Datasets for the notes: the real ones when present, learnable stand-ins when not.
-
-The notes call torchvision themselves (``if use_real(args): CIFAR10(...) else:
-SyntheticCIFAR10(...)``); this module supplies what is not the lesson: the ``--data`` flags, the
-decision and its one-line notice, clear errors for failed downloads and bad image folders, and
-stand-ins generated from a seed with the real dataset's API (``.data``, ``.targets``,
-``.classes``, ``transform``). The stand-ins are learnable, unlike random noise.
+"""What the data notes need that is not the lesson: the ``--data`` flags and the real-or-stand-in
+decision (the note shows ``if use_real(args): CIFAR10(...) else: SyntheticCIFAR10(...)``), clear
+errors for failed downloads and bad image folders, and learnable stand-ins made from a seed with
+the real dataset's API (``.data``, ``.targets``, ``.classes``, ``transform``).
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ import random
 import shutil
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -76,18 +74,10 @@ def short_reason(err: BaseException) -> str:
 
 
 def use_real(args: argparse.Namespace, name: str = "CIFAR-10", *, verbose: bool = True) -> bool:
-    """Should this run load the real ``name`` (``"CIFAR-10"`` or ``"MNIST"``)? The note shows::
-
-        if use_real(args):
-            ds = torchvision.datasets.CIFAR10(root, train=False, transform=tf,
-                                              download=args.download)
-        else:
-            ds = SyntheticCIFAR10(train=False, transform=tf, size=n, seed=args.seed)
-
-    ``--data real``: yes (NoteError naming the folder if the files are missing and no
-    ``--download``); ``synthetic`` and ``--smoke``: no (a smoke run says when it overrides
-    ``--data real``); ``auto``: when the files are on disk or ``--download``. Prints the notice.
-    """
+    """Load the real ``name`` (``"CIFAR-10"``, ``"MNIST"``)? ``--data real``: yes (NoteError if
+    missing without ``--download``); ``synthetic``, ``--smoke``: no; ``auto``: if on disk or
+    ``--download``. Prints the one-line notice. The note shows the branch: ``if use_real(args):
+    CIFAR10(root, ...) else: SyntheticCIFAR10(...)``."""
     marker, size_note = _REAL[name]
     root = Path(args.data_root) if getattr(args, "data_root", None) else data_root()
     present = (root / marker).is_file()
@@ -130,51 +120,48 @@ def torchvision_errors(name: str, root, download: bool, timeout: float = DOWNLOA
 
 # --- stand-ins with torchvision's API -------------------------------------------------------
 
-@contextlib.contextmanager
-def _one_thread():
-    """Small tensor ops on one thread: extra threads cost 10-30x on busy cores, same result."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class _StandIn(Dataset):
     """A torchvision dataset's API over images made from a seed (``_generate``, ``_item``)."""
 
     classes: list[str]
 
-    def __init__(self, train: bool = True, transform=None, target_transform=None,
-                 size: int | None = None, seed: int = 0):
-        self.train, self.transform, self.target_transform = train, transform, target_transform
+    def __init__(self, train: bool = True, transform=None, size: int | None = None,
+                 seed: int = 0):
+        self.train, self.transform = train, transform
         n = size if size is not None else (10_000 if train else 2_000)
-        if n <= 0:
-            raise ValueError(f"size={n}: a dataset needs at least one image")
-        with _one_thread():
+        threads = torch.get_num_threads()     # small ops: on busy cores extra threads spin
+        torch.set_num_threads(1)              # for each other (10-30x slower); same result
+        try:
             self._generate(n, seed=2 * seed + (0 if train else 1))   # splits never overlap
+        finally:
+            torch.set_num_threads(threads)
         self.classes = list(self.classes)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
         img, target = self._item(index)
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def __repr__(self) -> str:
-        split = "train" if self.train else "test"
-        return f"{type(self).__name__}(split={split}, size={len(self)})"
+        return (img if self.transform is None else self.transform(img)), target
 
 
 SHAPE_CLASSES = ("disc", "ring", "square", "diamond", "triangle",
                  "cross", "h_stripes", "v_stripes", "checker", "dots")
+_SHAPES = (  # per class: > 0 inside the shape, < 0 outside (about pixels); v: the geometry
+    lambda v: v.r - v.d,
+    lambda v: v.r * 0.28 - (v.d - v.r * 0.72).abs(),
+    lambda v: v.r * 0.85 - torch.maximum(v.dx.abs(), v.dy.abs()),
+    lambda v: v.r * 1.15 - (v.dx.abs() + v.dy.abs()),
+    lambda v: torch.minimum(torch.minimum(v.r * 0.8 - v.dy, v.dy + v.r),
+                            (v.dy + v.r) * 0.6 - v.dx.abs()),
+    lambda v: torch.maximum(torch.minimum(v.r * 0.3 - v.dx.abs(), v.r - v.dy.abs()),
+                            torch.minimum(v.r * 0.3 - v.dy.abs(), v.r - v.dx.abs())),
+    lambda v: 2.0 * v.wy,
+    lambda v: 2.0 * v.wx,
+    lambda v: 3.0 * v.wx * v.wy,
+    lambda v: v.p * 0.22 - (((v.xx + v.ph) % v.p - v.p / 2) ** 2
+                            + ((v.yy + v.ph) % v.p - v.p / 2) ** 2).sqrt(),
+)
 
 
 def make_shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -205,15 +192,12 @@ def _shapes(n: int, g: torch.Generator, size: int) -> tuple[torch.Tensor, torch.
     dy = -dx0 * torch.sin(angle) + dy0 * torch.cos(angle)
     d = (dx**2 + dy**2).sqrt()
     wx, wy = torch.sin(2 * math.pi * xx / p + ph), torch.sin(2 * math.pi * yy / p + ph)
-    inside = torch.stack([  # per class: > 0 inside the shape, < 0 outside (about pixels)
-        r - d, r * 0.28 - (d - r * 0.72).abs(), r * 0.85 - torch.maximum(dx.abs(), dy.abs()),
-        r * 1.15 - (dx.abs() + dy.abs()),
-        torch.minimum(torch.minimum(r * 0.8 - dy, dy + r), (dy + r) * 0.6 - dx.abs()),
-        torch.maximum(torch.minimum(r * 0.3 - dx.abs(), r - dy.abs()),
-                      torch.minimum(r * 0.3 - dy.abs(), r - dx.abs())),
-        2.0 * wy.expand_as(d), 2.0 * wx.expand_as(d), 3.0 * wx * wy,
-        p * 0.22 - (((xx + ph) % p - p / 2) ** 2 + ((yy + ph) % p - p / 2) ** 2).sqrt()])
-    mask = ((inside[y, torch.arange(n)] * 1.5).clamp(-0.5, 0.5) + 0.5)[..., None]  # (n,S,S,1)
+    mask = torch.empty(n, size, size)
+    for k, signed in enumerate(_SHAPES):                # each class's images, its own shape
+        i = (y == k).nonzero().flatten()
+        mask[i] = signed(SimpleNamespace(r=r[i], d=d[i], dx=dx[i], dy=dy[i], wx=wx[i], wy=wy[i],
+                                         p=p[i], ph=ph[i], xx=xx, yy=yy))
+    mask = ((mask * 1.5).clamp(-0.5, 0.5) + 0.5)[..., None]                # (n, S, S, 1)
     hue = (y.float() / len(SHAPE_CLASSES) + 0.12 * torch.randn(n, generator=g)) % 1.0
     fg = hsv(hue, u(0.5, 1.0, n), u(0.65, 1.0, n))
     bg = hsv(u(0, 1, n), u(0, 0.4, n), u(0, 0.35, n))                        # dark
@@ -236,11 +220,6 @@ class SyntheticCIFAR10(_StandIn):
 
     def _item(self, index: int):
         return Image.fromarray(self.data[index]), self.targets[index]
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images as float ``(N, 3, 32, 32)`` in [0,1] and labels ``(N,)``, no transform."""
-        return (torch.from_numpy(self.data).permute(0, 3, 1, 2).float().div_(255),
-                torch.tensor(self.targets))
 
 
 MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
@@ -293,43 +272,6 @@ class SyntheticMNIST(_StandIn):
     def _item(self, index: int):
         return Image.fromarray(self.data[index].numpy()), int(self.targets[index])
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images as float ``(N, 1, 28, 28)`` in [0,1] and labels ``(N,)``, no transform."""
-        return self.data[:, None].float().div_(255), self.targets.clone()
-
-
-def cifar10(train: bool = True, transform=None, *, source: str = "auto", root=None,
-            size: int | None = None, seed: int = 0, download: bool = False,
-            verbose: bool = True):
-    """Real CIFAR-10 (first ``size`` images) or the stand-in, as :func:`use_real` decides.
-
-    Kept for training/model.py; a note shows this branch itself.
-    """
-    from torchvision.datasets import CIFAR10
-
-    if not use_real(argparse.Namespace(data=source, data_root=root, download=download),
-                    "CIFAR-10", verbose=verbose):
-        return SyntheticCIFAR10(train=train, transform=transform, size=size, seed=seed)
-    root = Path(root) if root else data_root()
-    with torchvision_errors("CIFAR-10", root, download):
-        ds = CIFAR10(str(root), train=train, transform=transform, download=download)
-    if size is not None:
-        ds.data, ds.targets = ds.data[:size], ds.targets[:size]
-    return ds
-
-
-def cifar10_batch(args: argparse.Namespace, n: int, *, train: bool = False,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images (``ToTensor``: float ``(n, 3, 32, 32)`` in [0, 1]) and labels of
-    the source the flags choose (``add_data_args``, ``--smoke``, ``--seed``), on ``device``."""
-    from torchvision.transforms import ToTensor
-
-    ds = cifar10(train=train, transform=ToTensor(), source=data_source(args),
-                 root=args.data_root, size=n, seed=getattr(args, "seed", 0),
-                 download=args.download)
-    images = torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
-    return images.to(device), torch.tensor(ds.targets[:n]).to(device)
-
 
 # --- image folders: clear errors for bad input ----------------------------------------------
 
@@ -341,9 +283,6 @@ def image_errors(path):
     """Around ``Image.open(path)``: a missing or unreadable file becomes a NoteError naming it."""
     try:
         yield
-    except FileNotFoundError:
-        raise NoteError(f"{path} does not exist (was it deleted while the script ran?). "
-                        f"Fix: check the folder, or run again.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise NoteError(
             f"{path} is not a readable image ({short_reason(err)}). Expected a JPEG or PNG file in "
@@ -382,14 +321,11 @@ def fresh_folder(folder) -> Path:
     """An empty ``folder`` to generate files into, replacing one torchnotes generated before;
     a non-empty folder torchnotes did not make (no marker file) is never deleted: NoteError."""
     folder = Path(folder)
-    if folder.exists():
-        if (folder / GENERATED_MARKER).is_file():
-            shutil.rmtree(folder)
-        elif folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        else:
-            raise NoteError(f"{folder} already exists and was not generated by these notes, so "
-                            f"it is not replaced. Fix: move it away, or choose another --out-dir.")
+    mine = (folder / GENERATED_MARKER).is_file() or (folder.is_dir() and not any(folder.iterdir()))
+    if folder.exists() and not mine:
+        raise NoteError(f"{folder} already exists and was not generated by these notes, so "
+                        f"it is not replaced. Fix: move it away, or choose another --out-dir.")
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / GENERATED_MARKER).write_text("generated by torchnotes; safe to delete\n")
     return folder
@@ -398,7 +334,6 @@ def fresh_folder(folder) -> Path:
 # --- hymenoptera (ants vs bees): the real folder, or a stand-in of JPEG files on disk ---------
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
-HYMENOPTERA_LAYOUT = "hymenoptera_data/{train,val}/{ants,bees}/*.jpg"
 
 
 def _insect(kind: str, rng: random.Random) -> Image.Image:
@@ -460,7 +395,7 @@ def hymenoptera(source: str = "auto", *, out_dir, root=None, seed: int = 0,
             with torchvision_errors("hymenoptera", root, True):
                 download_and_extract_archive(HYMENOPTERA_URL, str(root), remove_finished=True)
         for part in ("train/ants", "train/bees", "val/ants", "val/bees"):   # the layout, checked
-            image_files(folder / part, layout=f"{root}/{HYMENOPTERA_LAYOUT}")
+            image_files(folder / part, layout=f"{folder}/{{train,val}}/{{ants,bees}}/*.jpg")
         if verbose:
             print(f"data: real hymenoptera (ants vs bees) from {folder}")
         return folder
