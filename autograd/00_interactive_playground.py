@@ -96,8 +96,8 @@ def step_1_environment(device: torch.device) -> dict:
                      "torch.ones(1, device='cuda') raises", error, torch.ones, 1, device="cuda")
     t = first_tensor(device)
     print(f"t = arange(3.0, device={device}) ** 2: t.device = {t.device}")
-    check(f"t lives on the selected device ({device})",
-          t.device.type == device.type and t.device.index == device.index)
+    check(f"t lives on the selected device ({device})",      # "cuda" means the current GPU
+          t.device.type == device.type and device.index in (None, t.device.index))
     return {"torch": torch.__version__, "cuda_build": torch.version.cuda, "cuda": cuda,
             "device": str(t.device)}
 

@@ -13,9 +13,10 @@ Claims proven:
      that a hook deliberately doubles.
   4. Frozen parameters (``requires_grad_(False)``) get no gradient (``.grad`` stays ``None``)
      and an optimiser step, even AdamW with weight decay, leaves them unchanged.
-  5. The caveat: a frozen parameter whose ``.grad`` is a zero tensor (not ``None``; say it was
-     trained before being frozen) *is* changed by AdamW's weight decay, to ``w (1 - lr wd)``.
-     An optimiser built from ``filter(lambda p: p.requires_grad, ...)`` never touches it.
+  5. The caveat: a layer frozen after it was trained, whose ``.grad`` is then a zero tensor
+     rather than ``None`` (``zero_grad(set_to_none=False)``), *is* changed by AdamW's weight
+     decay, to ``w (1 - lr wd)``. An optimiser built from
+     ``filter(lambda p: p.requires_grad, ...)`` never touches it.
   6. ``torch.inference_mode()`` is ``no_grad`` made stricter (and faster): its tensors are
      marked as inference tensors and autograd rejects them later.
 
@@ -186,11 +187,11 @@ def step_5_weight_decay_caveat(device: torch.device, d_in: int, hidden: int,
                                lr: float = 0.1, wd: float = 0.1) -> dict:
     model = make_model(d_in, hidden, device)
     x, y = torch.randn(8, d_in, device=device), torch.randn(8, 1, device=device)
-    model[0].requires_grad_(False)                               # frozen ...
-    for p in model[0].parameters():                              # ... after training once:
-        p.grad = torch.zeros_like(p)                             # its .grad is 0, not None
-    before = model[0].weight.detach().clone()
     every = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    nn.functional.mse_loss(model(x), y).backward()               # trained with the rest ...
+    model[0].requires_grad_(False)                               # ... then frozen
+    every.zero_grad(set_to_none=False)                           # .grad: zeros, not None
+    before = model[0].weight.detach().clone()
     nn.functional.mse_loss(model(x), y).backward()
     every.step()
     print(f"AdamW over all parameters: frozen weight scaled by "
@@ -199,7 +200,7 @@ def step_5_weight_decay_caveat(device: torch.device, d_in: int, hidden: int,
     check("the frozen layer was still decayed: w == w_before * (1 - lr * wd)",
           model[0].weight, before * (1 - lr * wd), atol=1e-7)
 
-    model[0].weight.data.copy_(before)                           # reset and do it right
+    model[0].weight.copy_(before)             # reset (frozen: in place is allowed); redo
     trainable = torch.optim.AdamW(filter(lambda p: p.requires_grad, model.parameters()),
                                   lr=lr, weight_decay=wd)
     nn.functional.mse_loss(model(x), y).backward()
