@@ -14,9 +14,10 @@ Claims proven:
   4. ``torch.from_numpy`` and ``.numpy()`` share memory; ``torch.tensor(array)`` copies.
      ``.numpy()`` on a tensor that requires grad raises; ``.detach().cpu().numpy()`` is the
      way out from any device.
-  5. ``.to()`` the device a tensor is already on returns that same tensor, and the same
-     computation on the selected device equals the CPU within tolerance (on the CPU: float32
-     against float64).
+  5. The device's properties (on a GPU: name, memory, and ``memory_allocated`` growing by a
+     new tensor's bytes); ``.to()`` the device a tensor is already on returns that same
+     tensor, and the same computation on the selected device equals the CPU within tolerance
+     (on the CPU: float32 against float64).
   6. Timing done right (warm-up, then ``synchronize`` before reading the clock, since GPU
      calls return before the work is done; on the CPU one thread): a matmul with 8x the
      FLOPs takes clearly longer.
@@ -137,6 +138,11 @@ def step_5_same_result_on_device(device: torch.device, n: int) -> float:
     x_dev, w_dev = x.to(device), w.to(device)                 # .to(device): the portable way
     if device.type == "cuda":                                 # .cuda() only on the GPU you chose
         print(f"x.cuda(device) also works here: {x.cuda(device).device}")
+        before = torch.cuda.memory_allocated(device)
+        block = torch.empty(1024, 1024, device=device)        # 4 MiB of float32 on the GPU
+        grown = torch.cuda.memory_allocated(device) - before
+        check("torch.cuda.memory_allocated grew by the new tensor's 4 MiB",
+              grown >= block.nbytes, detail=f"{grown} bytes")
     check(".to() the device a tensor is already on returns the same tensor (no copy)",
           x_dev.to(device) is x_dev and x_dev.device.type == device.type)
     result = compute(x_dev, w_dev).cpu()                      # back to the CPU to compare

@@ -654,6 +654,15 @@ def test_00_no_gpu_claim_fails_if_cuda_tensors_could_be_made(note, monkeypatch):
         mod.step_1_environment(CPU)
 
 
+def test_09_gpu_memory_claim_fails_if_the_tensor_stays_on_the_cpu(note, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the memory_allocated claim runs only on a GPU")
+    mod = note(N09)
+    monkeypatch.setattr(torch, "empty", lambda *shape, device=None: torch.zeros(*shape))
+    with pytest.raises(ClaimError, match="memory_allocated"):
+        mod.step_5_same_result_on_device(torch.device("cuda"), 8)
+
+
 def test_every_step_of_every_autograd_note_is_broken_by_some_case():
     """The table above reaches every step function of every note (by name, in the lambdas)."""
     from pathlib import Path
