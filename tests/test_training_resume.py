@@ -67,7 +67,7 @@ def test_killed_runs_resume_bit_identical(note, tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for name, (out, child) in children.items():      # random moments first, timed live
+        for name, (_, child) in children.items():        # random moments first, timed live
             if "delay" in kills[name]:
                 _wait_for(child.stdout, "model: Moli")   # training starts now
                 time.sleep(kills[name]["delay"])

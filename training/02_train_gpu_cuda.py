@@ -8,9 +8,9 @@ machine too.) GPU work is queued asynchronously, so each epoch's
 timing waits for the GPU (``torch.cuda.synchronize()``) before it reads the clock.
 
 Claims proven:
-  1. With CUDA the model's parameters and every batch are on the GPU; without it every
-     ``.cuda()`` was skipped and all of it stayed on the CPU (the note says which happened).
-  2. The training loss goes down.
+  1. Without CUDA, an unguarded ``.cuda()`` fails: that is why every call sits behind the
+     ``if``. With CUDA the model's parameters and every batch are on the GPU.
+  2. The training loss goes down; evaluation under ``torch.no_grad()`` records no graph.
   3. Test accuracy is far above chance (10 classes: 10%).
 
 Run:  python training/02_train_gpu_cuda.py    (about 13 s on a 2-core CPU)
@@ -21,10 +21,10 @@ from __future__ import annotations
 import time
 
 import torch
-from model import Moli, cifar_loaders, evaluate
+from model import Moli, cifar_loaders
 from torch import nn
 
-from torchnotes import check, make_parser, progress, start
+from torchnotes import check, check_raises, make_parser, progress, start
 from torchnotes.datasets import add_data_args
 
 # None = the whole split: 10,000 train / 2,000 test images of the stand-in.
@@ -52,6 +52,28 @@ def train_epoch_cuda_style(model: nn.Module, loader, loss_fn: nn.Module, optimiz
     return losses, batch_devices
 
 
+def evaluate_cuda_style(model: nn.Module, loader, use_cuda: bool) -> tuple[float, bool]:
+    """Test accuracy, and whether any output carried a graph (it must not)."""
+    model.eval()
+    correct, graph = 0, False
+    with torch.no_grad():                             # evaluation: no graph, less memory
+        for imgs, targets in loader:
+            if use_cuda:
+                imgs = imgs.cuda()
+                targets = targets.cuda()
+            outputs = model(imgs)
+            graph |= outputs.requires_grad
+            correct += (outputs.argmax(dim=1) == targets).sum().item()
+    return correct / len(loader.dataset), graph
+
+
+def unguarded_cuda() -> None:
+    try:
+        torch.zeros(1).cuda()                         # what a forgotten `if` runs
+    except AssertionError as err:                     # a CPU-only build of torch says it so
+        raise RuntimeError(str(err)) from None
+
+
 def step_1_move_with_cuda(use_cuda: bool,
                           selected: torch.device | None = None) -> tuple[nn.Module, nn.Module]:
     model, loss_fn = Moli(), nn.CrossEntropyLoss()
@@ -59,15 +81,19 @@ def step_1_move_with_cuda(use_cuda: bool,
         model = model.cuda()                          # parameters -> the current GPU
         loss_fn = loss_fn.cuda()                      # (no parameters, but the habit)
         print(f"CUDA: training on {torch.cuda.get_device_name()}")
-    elif selected is not None and selected.type == "mps":
+        where = {p.device.type for p in model.parameters()}
+        check("the model's parameters are all on cuda", where == {"cuda"},
+              detail=f"found on {sorted(where)}")
+        return model, loss_fn
+    if selected is not None and selected.type == "mps":
         print("MPS selected: this .cuda() lesson cannot use MPS, so it trains on the CPU; "
               "03_train_gpu_device.py runs on MPS")
     else:
         print("no CUDA here (or --device cpu): every .cuda() call is skipped; "
               "training on the CPU")
-    where = {p.device.type for p in model.parameters()}
-    check(f"the model's parameters are all on {'cuda' if use_cuda else 'cpu'}",
-          where == {"cuda" if use_cuda else "cpu"}, detail=f"found on {sorted(where)}")
+    if not torch.cuda.is_available():
+        check_raises("without CUDA an unguarded .cuda() fails: every call needs the `if`",
+                     RuntimeError, unguarded_cuda)
     return model, loss_fn
 
 
@@ -75,8 +101,7 @@ def step_2_train_timed(model, loss_fn, loaders, use_cuda: bool, cfg: dict,
                        show_progress: bool) -> dict:
     train_loader, test_loader = loaders
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    eval_device = torch.device("cuda" if use_cuda else "cpu")
-    losses, devices, epochs = [], set(), []
+    losses, devices, epochs, graph = [], set(), [], False
     for epoch in range(1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         epoch_losses, seen = train_epoch_cuda_style(model, train_loader, loss_fn, optimizer,
@@ -84,18 +109,20 @@ def step_2_train_timed(model, loss_fn, loaders, use_cuda: bool, cfg: dict,
         if use_cuda:
             torch.cuda.synchronize()                  # wait for the queued GPU work
         seconds = time.perf_counter() - t0
-        _, acc = evaluate(model, test_loader, loss_fn, eval_device)   # shared with 01 and 03
+        acc, had_graph = evaluate_cuda_style(model, test_loader, use_cuda)
         losses += epoch_losses
         devices |= seen
+        graph |= had_graph
         epochs.append(dict(epoch=epoch, seconds=seconds, test_accuracy=acc))
         print(f"epoch {epoch}: {seconds:.2f} s | train loss {epoch_losses[-1]:.3f} | "
               f"test accuracy {acc:.1%}")
-    check(f"every batch was on {eval_device.type}", devices == {eval_device.type},
-          detail=f"seen: {sorted(devices)}")
+    if use_cuda:                                      # on a CPU this could not be false
+        check("every batch was on cuda", devices == {"cuda"}, detail=f"seen: {sorted(devices)}")
     k = min(10, len(losses) // 4)
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     check("the training loss went down", last < 0.8 * first,
           detail=f"mean of {k} steps: {first:.3f} -> {last:.3f}")
+    check("under torch.no_grad() the test outputs carried no graph", not graph)
     return dict(losses=losses, epochs=epochs)
 
 
