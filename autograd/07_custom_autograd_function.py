@@ -19,8 +19,8 @@ Claims proven:
   7. Why ``.apply``: it records one graph node that runs *your* backward (``grad_fn`` is
      ``MyReLUBackward``); calling an instance, ``MyReLU()(x)``, raises ``RuntimeError``.
   8. Sign STE vs clipped STE: both binarise with ``sign``; the plain STE passes every gradient
-     through, the clipped one only where ``|x| <= 1`` (the gradient of ``hardtanh``), so
-     weights far outside stop drifting.
+     through, the clipped one only where ``|x| <= 1`` (the gradient of ``hardtanh``): a weight
+     far beyond +-1, where ``sign`` no longer changes, gets no gradient.
 
 Run:  python autograd/07_custom_autograd_function.py        (about 1 s on a laptop CPU)
 """
