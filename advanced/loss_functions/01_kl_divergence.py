@@ -123,9 +123,9 @@ def step_3_forward_vs_reverse(device, fit_steps: int) -> dict:
     return {"forward": fwd, "reverse": rev}
 
 
-def step_4_temperature_softens(device, batch: int, classes: int) -> list:
+def step_4_temperature_softens(device, batch: int, classes: int,
+                               temps=(0.5, 1.0, 2.0, 4.0, 8.0)) -> list:
     z = 4 * torch.randn(batch, classes, device=device)
-    temps = (0.5, 1.0, 2.0, 4.0, 8.0)
     ent = []
     for T in temps:
         prob = F.softmax(z / T, dim=-1)                                    # (B, C)

@@ -114,12 +114,13 @@ def step_3_triplet(device, batch: int, dim: int) -> float:
     return check("triplet_loss == nn.TripletMarginLoss(margin=1.0)", ours, ref, atol=1e-5)
 
 
-def step_4_temperature_sharpens(device, dim: int, negatives: int) -> dict:
+def step_4_temperature_sharpens(device, dim: int, negatives: int,
+                                temps=(1.0, 0.5, 0.1, 0.05)) -> dict:
     q = torch.randn(1, dim, device=device)
     keys = torch.randn(negatives + 1, dim, device=device)                # key 0 is the positive
     sims = F.normalize(q, dim=-1) @ F.normalize(keys, dim=-1).T          # (1, 1 + M)
     rows = {}
-    for t in (1.0, 0.5, 0.1, 0.05):
+    for t in temps:
         prob = F.softmax(sims / t, dim=-1)[0]          # d loss / d s_j = prob_j / t for negatives
         entropy = -(prob * prob.log()).sum().item()
         neg = prob[1:]

@@ -71,7 +71,7 @@ def step_1_matches_pytorch(device, batch: int, classes: int) -> float:
         ours = label_smoothing_cross_entropy(logits, y, eps)
         ref = F.cross_entropy(logits, y, label_smoothing=eps)
         print(f"eps = {eps}: ours {ours.item():.5f}, F.cross_entropy {ref.item():.5f}")
-        worst = max(worst, check(f"== F.cross_entropy(label_smoothing={eps})", ours, ref,
+        worst = max(worst, check(f"ours == F.cross_entropy(label_smoothing={eps})", ours, ref,
                                  atol=ATOL, rtol=ATOL))
     return worst
 
@@ -82,7 +82,7 @@ def step_2_smoothed_target(device, batch: int, classes: int) -> float:
     q = (1 - EPSILON) * F.one_hot(y, classes).float() + EPSILON / classes    # (B, C)
     print(f"smoothed target for class {y[0].item()}: "
           + ", ".join(f"{v:.4f}" for v in q[0].tolist()))
-    return check("== cross-entropy against q = (1 - eps) onehot + eps / C",
+    return check("ours == cross-entropy against the smoothed target (1 - eps) onehot + eps / C",
                  label_smoothing_cross_entropy(logits, y, EPSILON), F.cross_entropy(logits, q),
                  atol=ATOL, rtol=ATOL)
 
