@@ -77,7 +77,8 @@ def checkpointed_forward(blocks: nn.ModuleList, x: torch.Tensor, segments: int,
 def grads_of(blocks, forward, x) -> list:
     blocks.zero_grad(set_to_none=True)
     forward(x).square().mean().backward()
-    return [p.grad.clone() for p in blocks.parameters()]
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone()   # None: no gradient
+            for p in blocks.parameters()]
 
 
 def step_1_same_results(blocks, x, segments: int) -> float:
