@@ -12,23 +12,26 @@ Claims proven:
      by the pickled structure, and the state_dict file round-trips exactly into a fresh model.
   2. The whole-model file names its classes by import path and carries no code; the
      state_dict file names no class at all.
-  3. The custom-class trap, for real: a program in a project folder saves a model whose
-     class lives in that folder's ``tiny_model.py``. Elsewhere (here) the whole-model file
-     cannot be loaded, because ``tiny_model`` cannot be imported.
+  3. The whole-model trap has two distinct failures:
+     a. ``torch.load``'s default (``weights_only=True``) refuses a whole model with
+        ``UnpicklingError`` even where its class is importable (torchvision's SqueezeNet);
+     b. a model whose class was defined in the saving script (``__main__``) cannot be loaded
+        by another program even with the full unpickler: pickle stored ``__main__.TinyNet``
+        and that program's ``__main__`` has no ``TinyNet`` (``AttributeError``). Shown for
+        real with two isolated Python processes; the bytes go through a pipe, never a file.
   4. The fix: rebuild the class here and load the state_dict; the outputs match the saving
      program's exactly.
 
-Run:  python checkpointing/01_model_save.py      (about 5 s on a laptop CPU: one subprocess)
+Run:  python checkpointing/01_model_save.py      (about 5 s on a laptop CPU: two subprocesses)
 Then: python checkpointing/02_model_load.py      (loads these files; see that note)
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -36,7 +39,15 @@ import torch
 import torchvision
 from torch import nn
 
-from torchnotes import check, make_parser, start, writable_file
+from torchnotes import (
+    NoteError,
+    check,
+    check_raises,
+    make_parser,
+    prepare_out_dir,
+    start,
+    writable_file,
+)
 
 FULL = dict(batch=8)
 SMOKE = dict(batch=2)
@@ -49,9 +60,12 @@ def build_model() -> nn.Module:
     return torchvision.models.squeezenet1_1(weights=None, num_classes=10)
 
 
-# The saving program's project: its model file, and the program that saves the model.
-TINY_MODEL_PY = """from torch import nn
-
+# The saving program: TinyNet is defined in the script itself, so pickle records it as
+# "__main__.TinyNet". It writes the whole model's bytes to stdout, the state_dict and a
+# reference input/output to files.
+SAVER = """
+import sys, torch
+from torch import nn
 
 class TinyNet(nn.Module):
     def __init__(self):
@@ -60,21 +74,33 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.body(x)
-"""
-SAVER = """
-import sys, torch
-from tiny_model import TinyNet
+
 torch.manual_seed(0)
 model = TinyNet()
-torch.save(model, sys.argv[1])                  # whole model: pickles "tiny_model.TinyNet"
-torch.save(model.state_dict(), sys.argv[2])     # state_dict: names -> tensors
+torch.save(model, sys.stdout.buffer)            # whole model: pickles "__main__.TinyNet"
+torch.save(model.state_dict(), sys.argv[1])     # state_dict: names -> tensors
 x = torch.randn(3, 4)
-torch.save({"x": x, "y": model(x).detach()}, sys.argv[3])
+torch.save({"x": x, "y": model(x).detach()}, sys.argv[2])
 """
+# Another program: it has torch, but no TinyNet in its own __main__. The bytes come from the
+# saver through a pipe (never from a file someone could swap), so the full unpickler is shown
+# on bytes these notes made themselves.
+LOADER = """
+import io, sys, torch
+torch.load(io.BytesIO(sys.stdin.buffer.read()), weights_only=False)
+"""
+
+
+def run_isolated(code: str, *args: str, stdin: bytes | None = None):
+    """``python -I -c code``: no PYTHON* variables, no user site, no current folder on sys.path,
+    run from an empty temp folder, so nothing planted in --out-dir (a torch.py) is imported."""
+    with tempfile.TemporaryDirectory() as empty:
+        return subprocess.run([sys.executable, "-I", "-c", code, *args], cwd=empty,
+                              input=stdin, capture_output=True, timeout=120)
 
 
 class TinyNet(nn.Module):
-    """The loading side's copy of tiny_model.TinyNet: same layers, so the same state_dict keys."""
+    """Our own copy of the saving program's TinyNet: same layers, so the same state_dict keys."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,36 +163,25 @@ def step_2_what_the_files_name(whole: Path, state: Path) -> dict:
     return dict(named_whole=sorted(named_whole), named_state=sorted(named_state))
 
 
-def step_3_custom_class_trap(out_dir: Path, overwrite: bool, device: torch.device) -> dict:
-    project = out_dir / "trap_project"                        # the saving program's folder
-    module = writable_file(project / "tiny_model.py", overwrite=overwrite)
-    module.write_text(TINY_MODEL_PY)
-    paths = [writable_file(project / n, overwrite=overwrite)
-             for n in ("tiny_whole.pth", "tiny_state_dict.pth", "tiny_io.pth")]
-    # A fresh Python in the project folder (``-c`` puts its cwd on sys.path): no .pyc left.
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    subprocess.run([sys.executable, "-c", SAVER, *map(str, paths)], cwd=project, env=env,
-                   check=True)
-    whole = paths[0]
-    print(f"a program in {project.name}/ saved {whole.name}, {paths[1].name} and {paths[2].name}")
-    errors = {}
-    try:                                      # what anyone without tiny_model.py gets
-        torch.load(whole, map_location=device)
-    except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
-        first = (lines or [str(err)])[0]
-        errors["load"] = f"{type(err).__name__}: {first.split(' by default')[0]}"
-    try:                                      # allowlisting the class needs the class itself
-        importlib.import_module("tiny_model")
-    except ImportError as err:
-        errors["import"] = f"{type(err).__name__}: {err}"
-    for what, message in errors.items():
-        print(f"  {what}: {message}")
-    check("loading the whole file here fails on the class reference tiny_model.TinyNet",
-          "tiny_model.TinyNet" in errors.get("load", ""))
-    check("...and the class cannot be imported here to allowlist it",
-          errors.get("import", "").startswith("ModuleNotFoundError"))
-    return dict(paths=paths, errors=errors)
+def step_3_whole_model_trap(whole: Path, out_dir: Path, overwrite: bool,
+                            device: torch.device) -> dict:
+    # a. The class is importable here (torchvision), yet the safe default refuses the file.
+    refused = check_raises("the default (weights_only=True) refuses the whole model although "
+                           "its class is importable", pickle.UnpicklingError, torch.load, whole,
+                           map_location=device, match="SqueezeNet")
+    # b. A class defined in the saving script's __main__: another program cannot rebuild it.
+    paths = [writable_file(out_dir / n, overwrite=overwrite)
+             for n in ("tiny_state_dict.pth", "tiny_io.pth")]
+    saver = run_isolated(SAVER, *map(str, paths))
+    if saver.returncode != 0:
+        raise NoteError(f"the saving program failed: {saver.stderr.decode()[-300:]}")
+    loader = run_isolated(LOADER, stdin=saver.stdout)
+    last = (loader.stderr.decode().strip().splitlines() or ["(no error)"])[-1]
+    print(f"another program loading the whole TinyNet ({len(saver.stdout):,} bytes): {last}")
+    check("...and another program fails on the missing class __main__.TinyNet, even with the "
+          "full unpickler", loader.returncode != 0 and last.startswith("AttributeError")
+          and "TinyNet" in last and "__main__" in last)
+    return dict(paths=paths, errors={"default": refused.splitlines()[0], "other_program": last})
 
 
 def step_4_fix_rebuild_the_class(state: Path, io_file: Path, device: torch.device) -> float:
@@ -183,10 +198,11 @@ def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
+    prepare_out_dir(args.out_dir)                 # a bad --out-dir stops us before any work
     saved = step_1_save_both_ways(args.out_dir, args.overwrite, device, cfg["batch"])
     named = step_2_what_the_files_name(saved["whole"], saved["state"])
-    trap = step_3_custom_class_trap(args.out_dir, args.overwrite, device)
-    trap["output_error"] = step_4_fix_rebuild_the_class(*trap["paths"][1:], device)
+    trap = step_3_whole_model_trap(saved["whole"], args.out_dir, args.overwrite, device)
+    trap["output_error"] = step_4_fix_rebuild_the_class(*trap["paths"], device)
     print(f"summary: whole {saved['size_whole']:,} B vs state_dict {saved['size_state']:,} B; "
           f"prefer the state_dict. Files in {args.out_dir}")
     return dict(saved, **named, trap=trap)

@@ -13,9 +13,10 @@ Claims proven:
   3. ``torch.serialization.safe_globals`` with exactly the classes the file names (read with
      ``get_unsafe_globals_in_checkpoint``; your own classes go in the same list) loads the
      whole model under the safe default; it computes the same outputs as the state_dict way.
-  4. The full unpickler runs what the file says: it loads our own whole-model file, but a
+  4. The full unpickler runs what the file says: it rebuilds our own whole model, but a
      "checkpoint" made by a stranger runs its own code (here: a harmless ``print``), which the
-     default refuses to do.
+     default refuses to do. Both are bytes this note made in memory: the one place in these
+     notes that turns ``weights_only`` off, and never on a file read from disk.
   5. ``map_location`` puts every tensor on the device you ask for, whatever it was saved from;
      pass it every time, so a file saved on a GPU loads on a CPU-only machine. Shown for the
      CPU, the selected device, and ``"meta"`` (shapes and dtypes only, no data: a way to
@@ -135,9 +136,13 @@ def step_3_safe_globals(whole: Path, reference: nn.Module, device: torch.device,
                      model(x), reference(x), atol=0.0 if device.type == "cpu" else 1e-5)
 
 
-def step_4_full_unpickler_runs_code(whole: Path, device: torch.device) -> dict:
-    ours = load_trusting(whole, device)                 # our file, our classes: fine
-    check("the full unpickler loads our own whole-model file", isinstance(ours, SqueezeNet))
+def step_4_full_unpickler_runs_code(model: nn.Module, device: torch.device) -> dict:
+    # Only on bytes made here, in memory: a file read back from a folder could hold anything.
+    ours = io.BytesIO()
+    torch.save(model, ours)
+    ours.seek(0)
+    check("the full unpickler loads our own whole model (bytes we just made)",
+          isinstance(load_trusting(ours, device), SqueezeNet))
     buffer = io.BytesIO()
     torch.save({"weights": torch.zeros(3), "extra": StrangersPayload()}, buffer)
     buffer.seek(0)
@@ -176,10 +181,10 @@ def step_5_map_location(model: nn.Module, device: torch.device) -> list[str]:
                   where == ["meta"] and same_keys
                   and all(loaded[k].shape == v.shape and loaded[k].dtype == v.dtype
                           for k, v in saved.items()))
-            continue
-        check(f"map_location={str(target)!r} put every tensor there, values unchanged",
-              where == [str(torch.empty(0, device=target).device)] and same_keys
-              and all(torch.equal(loaded[k].cpu(), v.cpu()) for k, v in saved.items()))
+        elif str(target) != str(device):                # a real move (on a CPU: none to check)
+            check(f"map_location={str(target)!r} moved every tensor there, values unchanged",
+                  where == [str(torch.empty(0, device=target).device)] and same_keys
+                  and all(torch.equal(loaded[k].cpu(), v.cpu()) for k, v in saved.items()))
     return placed
 
 
@@ -193,7 +198,7 @@ def main(argv=None) -> dict:
     refused = step_1_default_refuses_whole_model(whole, device)
     model = step_2_state_dict_way(whole, state, device)
     err = step_3_safe_globals(whole, model, device, cfg["batch"])
-    stranger = step_4_full_unpickler_runs_code(whole, device)
+    stranger = step_4_full_unpickler_runs_code(model, device)
     placed = step_5_map_location(model, device)
     print("summary: prefer state_dict + load_state_dict; allowlist your own classes with "
           "safe_globals; never turn weights_only off for a file you did not make")

@@ -1,33 +1,46 @@
-"""A pretrained VGG16 from torchvision: the ``weights=`` API, changing its head, freezing it.
+"""A pretrained VGG16 from torchvision: the ``weights=`` API, its preprocessing, changing its
+head, freezing it, and loading a downloaded weights file safely.
 
 ``torchvision.models.vgg16(weights=VGG16_Weights.IMAGENET1K_V1)`` builds the network and fills
 it with weights trained on ImageNet; ``weights=None`` leaves it randomly initialised (the old
-boolean ``pretrained`` argument is deprecated). To reuse it for a 10-class problem you change
-its last layers and often freeze the convolutional part, so only the new head learns.
+boolean ``pretrained`` argument is deprecated). ``weights.transforms()`` is the preprocessing
+those weights expect. To reuse the network for a 10-class problem you change its last layer
+and often freeze the convolutional part, so only the head learns.
+
+A weights file is a pickle, and torch hub's loader unpickles with ``weights_only=False``: a
+file planted in the cache would run its own code. So this note reads the cached file itself:
+first its SHA-256 must start with the prefix in the file name (``vgg16-397923af.pth``, as torch
+hub publishes it), then it is loaded with ``torch.load(..., weights_only=True)`` and poured in
+with ``load_state_dict``.
 
 Claims proven:
   1. The ``weights`` enum describes what it builds: the model has exactly
-     ``meta["num_params"]`` parameters and as many outputs as ``meta["categories"]`` (1000).
-     Cached weights, when present, are the ones loaded.
-  2. ``classifier.add_module("add_linear", nn.Linear(1000, 10))`` appends a layer after the
-     1000-way one: the output has 10 classes.
+     ``meta["num_params"]`` parameters and as many outputs as ``meta["categories"]`` (1000);
+     ``weights.transforms()`` turns an image of any size into a (3, 224, 224) tensor.
+  2. ``print(vgg)`` shows why the head is ``classifier[6]``: it is the classifier's last layer,
+     the 4096 -> 1000 Linear. ``classifier.add_module("add_linear", nn.Linear(1000, 10))``
+     appends a layer after it: the output has 10 classes.
   3. Replacing ``classifier[6]`` with ``nn.Linear(4096, 10)`` swaps the 1000-way layer itself:
      10 classes, and the parameter count drops by exactly the difference of the two layers.
   4. After ``requires_grad_(False)`` on ``features``, a backward pass leaves every frozen
-     parameter without a gradient, and the trainable count is the classifier's, by formula.
+     parameter without a gradient; an optimiser built over the trainable parameters only
+     holds the classifier's, by formula, and its step changes them and nothing else.
+  5. A weights file whose SHA-256 does not start with the published prefix is refused before
+     it is unpickled (shown on a file this note plants in --out-dir).
 
-Offline there are no weights: if ``VGG16_Weights.IMAGENET1K_V1`` is in torch hub's cache it is
-used, otherwise the note says so and continues with random weights. ``--download`` fetches
-528 MB into that cache (``$TORCH_HOME/hub/checkpoints``, by default
-``~/.cache/torch/hub/checkpoints``; the note prints the full path first); a connection that
-stalls for a minute fails with the reason and what to do. VGG16 ends in an adaptive pool, so
-any input of at least 32x32 works; smoke mode uses 32x32 images to stay fast.
+Offline there are no weights: if the file is in torch hub's cache it is used, otherwise the
+note says so and continues with random weights. ``--download`` fetches 528 MB into that cache
+(``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``; the note prints
+the full path first); a connection that stalls for a minute fails with the reason and what to
+do. VGG16 ends in an adaptive pool, so any input of at least 32x32 works; smoke mode uses
+32x32 images to stay fast.
 
 Run:  python checkpointing/03_model_pretrained.py      (about 5 s on a laptop CPU)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,7 +49,8 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from torchnotes import NoteError, check, make_parser, start
+from torchnotes import NoteError, check, check_raises, make_parser, prepare_out_dir, start
+from torchnotes.checkpoint import load_weights
 from torchnotes.datasets import DOWNLOAD_TIMEOUT_S, short_reason, socket_timeout
 
 FULL = dict(image_size=224, batch=2)      # the size VGG16 was trained on
@@ -49,23 +63,37 @@ def cached_weights_file(weights=WEIGHTS) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
-def load_pretrained(cached: Path, download: bool) -> nn.Module:
-    """``vgg16(weights=WEIGHTS)``: reads ``cached``, or downloads it there; failures explained."""
-    was_cached = cached.is_file()
-    if was_cached:
-        print(f"ImageNet weights: cached at {cached}")
-    else:
-        print(f"ImageNet weights: downloading 528 MB from {WEIGHTS.url}\n  into {cached} "
-              f"(a connection silent for {DOWNLOAD_TIMEOUT_S:.0f} s fails)")
+def hash_prefix(weights=WEIGHTS) -> str:
+    """``vgg16-397923af.pth`` -> ``397923af``: the start of the file's published SHA-256."""
+    return Path(urlparse(weights.url).path).stem.rsplit("-", 1)[-1]
+
+
+def load_cached_weights(cached: Path) -> dict:
+    """Verify the hash prefix, then ``torch.load(weights_only=True)``: nothing is executed."""
+    digest = hashlib.sha256()
+    with open(cached, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(hash_prefix()):
+        raise NoteError(f"{cached}: its SHA-256 starts {digest.hexdigest()[:8]}, not "
+                        f"{hash_prefix()} as published: damaged or not the real file. It was "
+                        f"not loaded; delete it and run again with --download, or without "
+                        f"--download for random weights.")
+    try:
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as err:  # a matching hash that does not load: a bug, say it plainly
+        raise NoteError(f"could not read the cached weights {cached} ({short_reason(err)}); "
+                        f"delete it and run again with --download.") from None
+
+
+def download_weights(cached: Path) -> None:
+    print(f"ImageNet weights: downloading 528 MB from {WEIGHTS.url}\n  into {cached} "
+          f"(a connection silent for {DOWNLOAD_TIMEOUT_S:.0f} s fails)")
+    cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         with socket_timeout(DOWNLOAD_TIMEOUT_S):   # bounds every connect and read
-            return vgg16(weights=WEIGHTS, progress=download)
+            torch.hub.download_url_to_file(WEIGHTS.url, str(cached), hash_prefix=hash_prefix())
     except Exception as err:  # network and file errors come in many types; all mean the same
-        if was_cached:
-            raise NoteError(f"could not read the cached weights {cached} "
-                            f"({short_reason(err)}). The file may be damaged: delete it and "
-                            f"run again with --download, or delete it and run without "
-                            f"--download for random weights.") from None
         raise NoteError(f"could not download the VGG16 weights into {cached} "
                         f"({short_reason(err)}). "
                         f"Check the internet connection (or proxy) and run again with "
@@ -73,30 +101,42 @@ def load_pretrained(cached: Path, download: bool) -> nn.Module:
                         f"weights.") from None
 
 
-def step_1_build(download: bool, device: torch.device) -> tuple[nn.Module, bool]:
+def step_1_build(download: bool, device: torch.device, image_size: int, batch: int) -> tuple:
     cached = cached_weights_file()
-    pretrained = cached.is_file() or download
-    if pretrained:                            # torchvision reads the cache, or downloads
-        vgg = load_pretrained(cached, download)
+    if not cached.is_file() and download:
+        download_weights(cached)
+    pretrained = cached.is_file()
+    vgg = vgg16(weights=None)                 # the architecture; weights from the file below
+    if pretrained:
+        print(f"ImageNet weights: cached at {cached}")
+        load_weights(vgg, load_cached_weights(cached), source=str(cached))
     else:
         print(f"no cached weights at {cached}: using random weights "
               f"(--download fetches them, 528 MB)")
-        vgg = vgg16(weights=None)
     n_params = sum(p.numel() for p in vgg.parameters())
-    print(f"vgg16(weights={WEIGHTS if pretrained else None}): {n_params:,} parameters, "
-          f"head {vgg.classifier[6]}")
+    print(f"vgg16(weights={WEIGHTS if pretrained else None}): {n_params:,} parameters")
     check("parameter count == VGG16_Weights meta['num_params']", n_params,
           WEIGHTS.meta["num_params"])
     check("1000 outputs == the 1000 ImageNet categories the weights name",
           vgg.classifier[6].out_features == len(WEIGHTS.meta["categories"]) == 1000)
-    if pretrained:
-        file = torch.load(cached, map_location="cpu")
-        check("the model holds the cached weights", all(
-            torch.equal(t.cpu(), file[k]) for k, t in vgg.state_dict().items()))
-    return vgg.to(device).eval(), pretrained
+    preprocess = WEIGHTS.transforms()         # resize 256, center-crop 224, ImageNet mean/std
+    print(f"WEIGHTS.transforms(): {preprocess}")
+    photos = torch.randint(0, 256, (batch, 3, 300, 400), dtype=torch.uint8)   # (B, 3, H, W)
+    x = preprocess(photos)                    # (B, 3, 224, 224) float, normalised
+    check("weights.transforms() makes a 300x400 photo into what VGG16 expects",
+          tuple(x.shape) == (batch, 3, 224, 224) and x.dtype == torch.float32,
+          detail=f"{tuple(x.shape)} {x.dtype}")
+    if image_size != 224:                     # smoke: small inputs, same code
+        x = torch.rand(batch, 3, image_size, image_size)
+    return vgg.to(device).eval(), pretrained, x.to(device)
 
 
 def step_2_add_module(vgg: nn.Module, x: torch.Tensor) -> tuple:
+    print(vgg)                                        # features, avgpool, classifier (0..6)
+    linears = [i for i, m in enumerate(vgg.classifier) if isinstance(m, nn.Linear)]
+    check("the 1000-way head is classifier[6], the classifier's last layer",
+          linears[-1] == 6 == len(vgg.classifier) - 1
+          and vgg.classifier[6].out_features == 1000, detail=f"Linear layers at {linears}")
     vgg.classifier.add_module("add_linear", nn.Linear(1000, 10).to(x.device))
     print(f"after add_module: classifier[-2:] = {list(vgg.classifier)[-2:]}")
     with torch.no_grad():
@@ -134,10 +174,27 @@ def step_4_freeze_features(vgg: nn.Module, x: torch.Tensor) -> dict:
     check("every frozen parameter has no gradient after backward()",
           all(p.grad is None for p in frozen))
     check("every trainable parameter got one", all(p.grad is not None for p in trainable))
+    # The optimiser gets the trainable parameters only (the spec's filter on requires_grad).
+    optimizer = torch.optim.SGD(filter(lambda p: p.requires_grad, vgg.parameters()), lr=0.01)
+    in_optimizer = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     # classifier: Linear(25088, 4096), Linear(4096, 4096), Linear(4096, 10), each with a bias
     formula = (512 * 7 * 7 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 10 + 10)
-    check("trainable count == the classifier's, by formula", n_trainable, formula)
+    check("the optimiser holds exactly the classifier's parameters, by formula", in_optimizer,
+          formula)
+    before = [p.detach().clone() for p in frozen] + [vgg.classifier[6].weight.detach().clone()]
+    optimizer.step()
+    check("its step moved the new head and left every frozen weight as it was",
+          all(torch.equal(a, p) for a, p in zip(before[:-1], frozen, strict=True))
+          and not torch.equal(before[-1], vgg.classifier[6].weight))
     return dict(frozen=sum(p.numel() for p in frozen), trainable=n_trainable)
+
+
+def step_5_refuse_a_planted_file(out_dir: Path) -> str:
+    """A file under the published name whose bytes are not the published ones: never loaded."""
+    planted = out_dir / f"planted-{cached_weights_file().name}"
+    torch.save({"classifier.6.weight": torch.zeros(1000, 4096)}, planted)   # loads fine...
+    return check_raises("a weights file whose SHA-256 does not match is refused, unread",
+                        NoteError, load_cached_weights, planted, match="not loaded")
 
 
 def main(argv=None) -> dict:
@@ -147,11 +204,13 @@ def main(argv=None) -> dict:
                              "($TORCH_HOME/hub/checkpoints) if they are not there")
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    vgg, pretrained = step_1_build(args.download, device)
-    x = torch.rand(cfg["batch"], 3, cfg["image_size"], cfg["image_size"], device=device)
+    out_dir = prepare_out_dir(args.out_dir)
+    vgg, pretrained, x = step_1_build(args.download, device, cfg["image_size"],
+                                     cfg["batch"])
     added = step_2_add_module(vgg, x)
     replaced = step_3_replace_layer(vgg, x)
     counts = step_4_freeze_features(vgg, x)
+    step_5_refuse_a_planted_file(out_dir)
     weights = "ImageNet weights" if pretrained else "random weights (no cached ImageNet file)"
     print(f"summary: {weights}; both heads give {added[1]} classes; "
           f"{counts['trainable']:,} of {counts['trainable'] + counts['frozen']:,} "

@@ -30,23 +30,53 @@ def load(note):
 
 
 def _skip_trap(mod, monkeypatch):
-    # Step 3 starts a Python subprocess (~2 s); test_01_custom_class_trap runs it for real.
-    monkeypatch.setattr(mod, "step_3_custom_class_trap",
-                        lambda *a, **k: {"errors": {}, "paths": [None] * 3})
+    # Step 3 starts two Python subprocesses (~4 s); test_01_whole_model_trap runs them for real.
+    monkeypatch.setattr(mod, "step_3_whole_model_trap",
+                        lambda *a, **k: {"errors": {}, "paths": [None] * 2})
     monkeypatch.setattr(mod, "step_4_fix_rebuild_the_class", lambda *a, **k: 0.0)
 
 
-def test_01_custom_class_trap_and_fix(save, tmp_path):
-    out = save.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
+def test_01_whole_model_trap_and_fix_with_isolated_children(save, tmp_path, monkeypatch):
+    # Finding 2: a torch.py planted in --out-dir, or on PYTHONPATH, is never imported.
+    sentinel = tmp_path / "SENTINEL"
+    planted = f"open({str(sentinel)!r}, 'w').close()\n"
+    out_dir, elsewhere = tmp_path / "out", tmp_path / "pythonpath"
+    for folder in (out_dir, elsewhere):
+        folder.mkdir()
+        (folder / "torch.py").write_text(planted)
+    monkeypatch.setenv("PYTHONPATH", str(elsewhere))
+    monkeypatch.chdir(out_dir)
+    out = save.main(["--smoke", "--device", "cpu", "--out-dir", str(out_dir)])
+    assert not sentinel.exists()
     errors = out["trap"]["errors"]
-    assert errors["load"].startswith("UnpicklingError") and "tiny_model.TinyNet" in errors["load"]
-    assert errors["import"] == "ModuleNotFoundError: No module named 'tiny_model'"
+    assert errors["default"].startswith("Weights only load failed")
+    assert errors["other_program"] == (
+        "AttributeError: Can't get attribute 'TinyNet' on <module '__main__' (built-in)>")
     assert out["trap"]["output_error"] == 0.0
     assert out["size_whole"] > out["size_state"]
     assert "torchvision.models.squeezenet.SqueezeNet" in out["named_whole"]
     assert out["named_state"] == []
-    for name in ("tiny_model.py", "tiny_whole.pth", "tiny_state_dict.pth", "tiny_io.pth"):
-        assert (tmp_path / "trap_project" / name).is_file()
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "squeezenet_state_dict.pth", "squeezenet_whole.pth", "tiny_io.pth",
+        "tiny_state_dict.pth", "torch.py"]
+
+
+def test_01_claim_fails_when_the_other_program_can_load_it(save, tmp_path, monkeypatch):
+    import subprocess
+
+    fake = subprocess.CompletedProcess([], 0, stdout=b"bytes", stderr=b"")   # both succeed
+    monkeypatch.setattr(save, "run_isolated", lambda *a, **k: fake)
+    whole = tmp_path / "whole.pth"
+    torch.save(save.build_model(), whole)
+    with pytest.raises(ClaimError, match="another program fails on the missing class"):
+        save.step_3_whole_model_trap(whole, tmp_path, False, CPU)
+
+
+def test_01_claim_fails_when_the_default_loads_the_whole_model(save, tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save(save.build_model().state_dict(), whole)        # a file the default accepts
+    with pytest.raises(ClaimError, match="refuses the whole model although"):
+        save.step_3_whole_model_trap(whole, tmp_path, False, CPU)
 
 
 def test_01_then_02_uses_01s_files(save, load, tmp_path, monkeypatch, capsys):
@@ -150,7 +180,7 @@ def test_02_map_location_includes_meta_even_on_cpu(load, capsys):
 def test_the_strangers_code_runs_only_under_the_full_unpickler(load, tmp_path, capsys):
     model = load.build_model()
     torch.save(model, tmp_path / "whole.pth")
-    out = load.step_4_full_unpickler_runs_code(tmp_path / "whole.pth", CPU)
+    out = load.step_4_full_unpickler_runs_code(model, CPU)
     assert out["refused"] == "print"
     assert out["printed"].startswith(">> printed by code inside the checkpoint")
     buffer = io.BytesIO()
@@ -161,10 +191,9 @@ def test_the_strangers_code_runs_only_under_the_full_unpickler(load, tmp_path, c
 
 
 def test_claim_fails_when_the_payload_is_not_what_the_note_says(load, tmp_path, monkeypatch):
-    torch.save(load.build_model(), tmp_path / "whole.pth")
     monkeypatch.setattr(load.StrangersPayload, "__reduce__", lambda self: (len, ([],)))
     with pytest.raises(ClaimError, match="names the function print"):
-        load.step_4_full_unpickler_runs_code(tmp_path / "whole.pth", CPU)
+        load.step_4_full_unpickler_runs_code(load.build_model(), CPU)
 
 
 def _empty_hub(tmp_path, monkeypatch) -> tuple:
@@ -191,7 +220,7 @@ def test_03_heads_have_10_outputs_and_frozen_params_get_no_grad(note, tmp_path, 
     assert out["frozen"] == 14_714_688                      # VGG16's 13 conv layers
     assert calls == []                                      # no download was attempted
     assert not hub.exists() or list(hub.rglob("*.pth")) == []   # no checkpoint in the cache
-    assert not out_dir.exists() or list(out_dir.iterdir()) == []  # nothing written
+    assert [p.name for p in out_dir.iterdir()] == ["planted-vgg16-397923af.pth"]  # step 5's
 
 
 def test_03_failed_download_is_a_note_error(note, tmp_path, monkeypatch, capsys):
@@ -223,3 +252,29 @@ def test_03_looks_for_weights_in_torch_hub_cache(note, tmp_path, monkeypatch):
     mod = note("checkpointing/03_model_pretrained.py")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     assert mod.cached_weights_file() == tmp_path / "checkpoints" / "vgg16-397923af.pth"
+
+
+def test_03_claim_fails_when_the_optimiser_gets_every_parameter(note, monkeypatch):
+    mod = note("checkpointing/03_model_pretrained.py")
+    vgg = mod.vgg16(weights=None)
+    vgg.classifier[6] = nn.Linear(4096, 10)
+    monkeypatch.setattr(mod, "filter", lambda keep, params: params, raising=False)
+    with pytest.raises(ClaimError, match="optimiser holds exactly the classifier's"):
+        mod.step_4_freeze_features(vgg, torch.rand(1, 3, 32, 32))
+
+
+def test_03_claim_fails_when_the_head_is_not_at_index_6(note):
+    mod = note("checkpointing/03_model_pretrained.py")
+    vgg = mod.vgg16(weights=None)
+    vgg.classifier.append(nn.Identity())                  # one more layer after the head
+    with pytest.raises(ClaimError, match="head is classifier\\[6\\]"):
+        mod.step_2_add_module(vgg, torch.rand(1, 3, 32, 32))
+
+
+def test_03_claim_fails_without_the_hash_check(note, tmp_path, monkeypatch):
+    mod = note("checkpointing/03_model_pretrained.py")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(mod, "load_cached_weights",
+                        lambda path: torch.load(path, map_location=CPU))   # no hash check
+    with pytest.raises(ClaimError, match="does not match is refused"):
+        mod.step_5_refuse_a_planted_file(tmp_path)
