@@ -292,23 +292,27 @@ def test_ddp_on_two_processes_equals_one_process(jobs, single):
     assert sorted(p.name for p in jobs["plain"]["out"].iterdir()) == sorted(
         p.name for p in single["out"].iterdir())                           # rank 0 writes only
     two = _weights(jobs["plain"]["out"])
-    losses_diff = (two["losses"] - torch.tensor(single["losses"], dtype=torch.float64)).abs()
+    loss_diff = (two["losses"] - torch.tensor(single["losses"], dtype=torch.float64)).abs()
     weight_diff = max((two["model"][k] - v).abs().max().item()
                       for k, v in single["weights"].items())
-    print(f"2 processes vs 1: max |loss diff| {losses_diff.max():.2g}, "
-          f"max |weight diff| {weight_diff:.2g}")
-    # Same samples per step, summed in another order: float32 rounding. Losses agree to
-    # ~1e-5; Adam moves a weight by up to lr (1e-3) per step whatever its gradient's size, so a
-    # near-zero gradient whose sign flips on rounding can differ by up to lr.
-    assert losses_diff.max() < 1e-4
-    assert weight_diff < 1e-3
+    print(f"2 processes vs 1: first loss diff {loss_diff[0]:.2g}, max |loss diff| "
+          f"{loss_diff.max():.2g}, max |weight diff| {weight_diff:.2g}")
+    # Step 1: the same 64 images and weights, the mean taken as two halves: float32 rounding.
+    assert loss_diff[0] < 1e-5
+    # Later steps: rounding differences grow through Adam, which moves every weight by up to
+    # lr = 1e-3 per step whatever its gradient's size (a near-zero gradient whose sign flips
+    # on rounding moves it the other way). Measured: losses 7e-5, weights 2e-4 after 16 steps;
+    # a data or sharding bug moves the first loss by > 1e-2.
+    assert loss_diff.max() < 5e-4
+    assert weight_diff < 2e-3
 
 
 def test_a_rank_that_dies_restarts_from_the_checkpoint_and_ends_equal(jobs):
     plain = _weights(jobs["plain"]["out"]) if jobs["plain"]["proc"].poll() == 0 else None
     log = _finish(jobs["crash"])
     assert "TORCHNOTES_DIE_AT_STEP=10: exiting now" in log
-    assert "--resume: continuing from moli_ddp_epoch_1.pth (epoch 1, step 8)" in log
+    assert "continuing from moli_ddp_epoch_1.pth" in log           # the restart resumed,
+    assert log.count("8 steps per epoch | from epoch 2") == 1           # at epoch 2, once
     if plain is None:
         _finish(jobs["plain"])
         plain = _weights(jobs["plain"]["out"])
