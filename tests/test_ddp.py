@@ -301,8 +301,8 @@ def test_ddp_on_two_processes_equals_one_process(jobs, single):
     assert loss_diff[0] < 1e-5
     # Later steps: rounding differences grow through Adam, which moves every weight by up to
     # lr = 1e-3 per step whatever its gradient's size (a near-zero gradient whose sign flips
-    # on rounding moves it the other way). Measured: losses 7e-5, weights 2e-4 after 16 steps;
-    # a data or sharding bug moves the first loss by > 1e-2.
+    # on rounding moves it the other way). Measured: losses 7e-5, weights 2e-4 after 16 steps.
+    # A sharding bug (both ranks on the same 32 images) moves even the first loss by ~1e-3.
     assert loss_diff.max() < 5e-4
     assert weight_diff < 2e-3
 
