@@ -41,7 +41,7 @@ from torchnotes.datasets import (
 )
 
 FULL = dict(train_size=10_000, test_size=2_000, items=100, preview=10)   # stand-in sizes
-SMOKE = dict(train_size=256, test_size=128, items=16, preview=4)
+SMOKE = dict(train_size=256, test_size=128, items=8, preview=4)
 # Real CIFAR-10 is always the whole split: 50000 train, 10000 test images.
 
 

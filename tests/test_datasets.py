@@ -284,7 +284,7 @@ def test_hymenoptera_stand_in_layout_and_real_jpegs(tmp_path):
             for p in files:
                 with Image.open(p) as img:
                     assert img.format == "JPEG" and img.mode == "RGB"
-                    assert 96 <= img.size[0] <= 160 and 72 <= img.size[1] <= 128
+                    assert 64 <= img.size[0] <= 104 and 48 <= img.size[1] <= 80
     names = [p.name for p in root.rglob("*.jpg")]
     assert len(names) == len(set(names)) == 12               # unique names, no label in them
 

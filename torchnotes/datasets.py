@@ -338,8 +338,9 @@ HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 
 def _insect(kind: str, rng: random.Random) -> Image.Image:
     """A photo-sized picture: ants are dark blobs in a row, bees yellow ovals with black
-    stripes, on a random plain background (the size varies, as photos' sizes do)."""
-    w, h = rng.randint(96, 160), rng.randint(72, 128)
+    stripes, on a random plain background. The size varies, as photos' sizes do, but stays
+    small (at most 104 x 80: small tensors keep the smoke runs fast on busy cores)."""
+    w, h = rng.randint(64, 104), rng.randint(48, 80)
     img = Image.new("RGB", (w, h), (rng.randint(60, 170), rng.randint(110, 210),
                                     rng.randint(110, 230)))               # leaves, sky, stone
     draw = ImageDraw.Draw(img)
