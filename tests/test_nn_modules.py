@@ -120,6 +120,33 @@ def test_10_loss_nodes_counts_each_step_once(note):
 
 
 # ---------------------------------------------------------------------------------------------
+# The real-data branch: the notes' own CIFAR10(...) call, with a recording fake (no download)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script, train", [
+    ("02_nn_relu.py", False), ("03_nn_maxpool.py", False), ("05_nn_conv2d.py", False),
+    ("06_nn_linear.py", False), ("07_nn_seq.py", False), ("09_nn_loss_network.py", False),
+    ("10_nn_optim.py", True),
+])
+def test_real_branch_calls_torchvision_cifar10(note, tmp_path, capsys, monkeypatch, script,
+                                               train):
+    from torchnotes.datasets import SyntheticCIFAR10
+
+    mod = note(f"nn_modules/{script}")
+    calls = []
+
+    def fake_cifar10(root, train, transform, download):     # the real signature's keywords
+        calls.append((root, train, download))
+        return SyntheticCIFAR10(train=train, transform=transform, size=80)   # 64 + 16
+
+    monkeypatch.setattr(mod, "use_real", lambda args, name: True)
+    monkeypatch.setattr(mod.torchvision.datasets, "CIFAR10", fake_cifar10)
+    mod.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path),
+              "--data-root", str(tmp_path / "data")])
+    assert calls and all(c == (tmp_path / "data", train, False) for c in calls), calls
+
+
+# ---------------------------------------------------------------------------------------------
 # The visualising scripts write what TensorBoard shows: one image set per loader step
 # ---------------------------------------------------------------------------------------------
 
