@@ -17,7 +17,7 @@ Claims proven:
      darker than 0.5.
   Each batch and both activations go to TensorBoard at that batch's step (``--out-dir``/tb).
 
-Run:  python nn_modules/02_nn_relu.py        (about 2 s after imports on a laptop CPU)
+Run:  python nn_modules/02_nn_relu.py        (about 3 s after imports on a laptop CPU)
       tensorboard --logdir runs/nn_modules/02_nn_relu/tb
 """
 

@@ -20,7 +20,7 @@ Claims proven:
      value is one of its window's pixels (pooling picks, it never blends).
   Each batch and its pooled version go to TensorBoard at that batch's step (``--out-dir``/tb).
 
-Run:  python nn_modules/03_nn_maxpool.py        (about 2 s after imports on a laptop CPU)
+Run:  python nn_modules/03_nn_maxpool.py        (about 3 s after imports on a laptop CPU)
       tensorboard --logdir runs/nn_modules/03_nn_maxpool/tb
 """
 

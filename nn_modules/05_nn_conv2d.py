@@ -14,7 +14,7 @@ Claims proven:
      ``reshape(-1, 3, 30, 30)`` only regroups channels: picture 2i is channels 0-2 of image i.
   Each batch's input and output go to TensorBoard at that batch's step (``--out-dir``/tb).
 
-Run:  python nn_modules/05_nn_conv2d.py        (about 2 s after imports on a laptop CPU)
+Run:  python nn_modules/05_nn_conv2d.py        (about 3 s after imports on a laptop CPU)
       tensorboard --logdir runs/nn_modules/05_nn_conv2d/tb
 """
 

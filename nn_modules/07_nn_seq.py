@@ -19,7 +19,7 @@ Claims proven:
   ``writer.add_graph(model, x)`` writes the graph for TensorBoard's GRAPHS tab (the tests read
   it back: 3 convolutions, 3 poolings, 1 flatten, 2 linear layers).
 
-Run:  python nn_modules/07_nn_seq.py        (about 2 s after imports on a laptop CPU)
+Run:  python nn_modules/07_nn_seq.py        (about 3 s after imports on a laptop CPU)
       tensorboard --logdir runs/nn_modules/07_nn_seq/tb      (the GRAPHS tab)
 """
 

@@ -13,7 +13,7 @@ Claims proven:
   4. A finite-difference probe in float64, ``(L(w + h) - L(w - h)) / 2h``, agrees with
      autograd's gradient for the first conv's bias and entries of both linear layers.
 
-Run:  python nn_modules/09_nn_loss_network.py        (about 1 s after imports on a laptop CPU)
+Run:  python nn_modules/09_nn_loss_network.py        (about 2 s after imports on a laptop CPU)
 """
 
 from __future__ import annotations
