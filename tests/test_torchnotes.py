@@ -195,11 +195,14 @@ def test_stand_in_classes_are_all_present_and_distinct():
     assert gaps.min() > 1.0                        # every pair of class means differs
 
 
-def test_data_source_forces_stand_in_for_smoke():
+def test_data_source_forces_stand_in_for_smoke(capsys):
     from torchnotes.datasets import data_source
 
     assert data_source(argparse.Namespace(smoke=True, data="real")) == "synthetic"
+    assert "--data real is ignored" in capsys.readouterr().out
     assert data_source(argparse.Namespace(smoke=False, data="real")) == "real"
+    assert data_source(argparse.Namespace(smoke=True, data="auto")) == "synthetic"
+    assert capsys.readouterr().out == ""
 
 
 def test_check_raises_proves_an_error_and_fails_without_one(capsys):

@@ -50,7 +50,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def data_source(args: argparse.Namespace) -> str:
-    """The source a run uses: smoke runs always use the stand-in, whatever --data says."""
+    """The source a run uses: smoke runs always use the stand-in (and say so over --data real)."""
+    if getattr(args, "smoke", False) and args.data == "real":
+        print("data: --smoke always uses the built-in stand-in; --data real is ignored")
     return "synthetic" if getattr(args, "smoke", False) else args.data
 
 
