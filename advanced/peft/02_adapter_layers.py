@@ -16,8 +16,8 @@ Claims proven:
      gradient goes to the gate only.
   4. On the same tiny fine-tuning task as 01_lora_principle.py: full fine-tuning, LoRA (two
      ranks), serial and gated adapters and BitFit all lower the loss; LoRA with r at least the
-     change's rank beats r = 1; full fine-tuning, with every parameter, gets lowest (the
-     comparison table of trainable parameters and loss reached is measured and printed).
+     change's rank beats r = 1; BitFit (biases only) ends highest. The table of trainable
+     parameters and loss reached is measured and printed.
 
 Run:  python advanced/peft/02_adapter_layers.py      (about 5 s on a laptop CPU)
 """
@@ -105,7 +105,7 @@ def step_1_identity_at_init(device, hidden, bottleneck, **_) -> dict:
 def step_2_parameter_table(d_table, r_table, m_table, **_) -> dict:
     d, r, m = d_table, r_table, m_table
     layer = nn.Linear(d, d, device="meta")                   # shapes only, no memory
-    bitfit = d                                               # the bias alone
+    bitfit = layer.bias.numel()                              # BitFit trains the bias alone
     lora = lora_note.LoRALinear(layer, r=r, alpha=2 * r)
     counts = {"full fine-tuning": (n_params(layer), d * d + d),
               f"LoRA r={r}": (n_params(lora, trainable_only=True), 2 * d * r),
@@ -155,7 +155,8 @@ def step_4_compare(base, x, y, adapters, ranks, steps, lr, **cfg) -> dict:
     for name, model in models.items():
         losses = lora_note.train(model, x, y, steps, lr)
         table[name] = (n_params(model, trainable_only=True), losses[0], losses[-1])
-    print(f"same task, {steps} Adam steps each (base model: {total:,} parameters)")
+    print(f"same task, {steps} Adam steps each (base model: {total:,} parameters; on so narrow "
+          f"a model the % are large, step 2's table gives them for a {cfg['d_table']}-wide layer)")
     print(f"{'method':<18}{'trainable':>10}{'% of base':>10}{'MSE start':>11}{'MSE end':>10}")
     for name, (n, first, last) in table.items():
         print(f"{name:<18}{n:>10,}{100 * n / total:>9.1f}%{first:>11.4f}{last:>10.5f}")
@@ -165,9 +166,10 @@ def step_4_compare(base, x, y, adapters, ranks, steps, lr, **cfg) -> dict:
     lo, hi = (table[f"LoRA r={r}"][2] for r in ranks)
     check(f"LoRA r={ranks[1]} (>= the change's rank {cfg['delta_rank']}) beats r={ranks[0]}",
           hi < lo, detail=f"{hi:.5f} < {lo:.5f}")
-    best = min(table, key=lambda k: table[k][2])
-    check("full fine-tuning, training every parameter, reaches the lowest loss",
-          best == "full fine-tuning", detail=f"lowest: {best}")
+    bit = table["BitFit (biases)"][2]
+    check("BitFit ends highest: shifting biases cannot express a change of the weights",
+          all(bit > last for name, (_, _, last) in table.items() if name != "BitFit (biases)"),
+          detail=f"BitFit {bit:.5f}")
     return table
 
 
