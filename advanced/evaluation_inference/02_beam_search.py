@@ -39,7 +39,7 @@ SMOKE = dict(n_models=6, vocab=4, max_len=3, div_vocab=10, div_len=6, width=6, g
 BOS, EOS = 0, 1
 
 
-def length_penalty(length: int, alpha: float) -> float:
+def gnmt_length_penalty(length: int, alpha: float) -> float:
     """Wu et al. 2016 (GNMT), eq. 14: lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha."""
     return ((5 + length) / 6) ** alpha
 
@@ -75,7 +75,7 @@ def beam_search(step_fn, bos_id: int, eos_id: int, beam_width: int, max_len: int
         if not alive:
             break
     finished += alive                                     # max_len reached without eos
-    scored = [(seq, s / globals()["length_penalty"](len(seq) - 1, alpha)) for seq, s in finished]
+    scored = [(seq, s / gnmt_length_penalty(len(seq) - 1, alpha)) for seq, s in finished]
     return sorted(scored, key=lambda h: h[1], reverse=True)
 
 
@@ -126,7 +126,7 @@ def exhaustive(step_fn, vocab: int, max_len: int, alpha: float) -> tuple[list[in
                 continue                                  # must end with eos or hit max_len
             logp = sum(step_fn(torch.tensor([seq[:i]]))[0, seq[i]].item()
                        for i in range(1, len(seq)))
-            score = logp / length_penalty(n, alpha)
+            score = logp / gnmt_length_penalty(n, alpha)
             if score > best[1]:
                 best = (seq, score)
     return best
@@ -190,7 +190,7 @@ def step_4_length_penalty_changes_winner() -> dict:
     fn = crafted({(BOS,): {EOS: 0.4, A: 0.6}, (BOS, A): {B: 0.8, EOS: 0.2},
                   (BOS, A, B): {C: 0.8, EOS: 0.2}, (BOS, A, B, C): {EOS: 0.8, A: 0.2}})
     check("lp(Y) = ((5 + |Y|) / 6) ** alpha: lp(1) = 1, lp(7) = 2 at alpha = 1, 1 at alpha = 0",
-          [length_penalty(1, 1.0), length_penalty(7, 1.0), length_penalty(7, 0.0)] == [1, 2, 1])
+          [gnmt_length_penalty(n, a) for n, a in ((1, 1.0), (7, 1.0), (7, 0.0))] == [1, 2, 1])
     short = beam_search(fn, BOS, EOS, 3, 6, length_penalty=0.0)[0]
     long_ = beam_search(fn, BOS, EOS, 3, 6, length_penalty=1.0)[0]
     print(f"alpha = 0: {short[0]} score {short[1]:.3f} | alpha = 1: {long_[0]} "
