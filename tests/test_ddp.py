@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 import torch
@@ -25,9 +24,11 @@ from torchnotes.checkpoint import atomic_save, load_checkpoint
 ADV = REPO_ROOT / "advanced/training_engineering/04_distributed_training.py"
 TRAIN = REPO_ROOT / "training/04_train_ddp.py"
 JOB_TIMEOUT_S = 240
-# torchrun on the loopback address only: rendezvous, workers' MASTER_ADDR, gloo's interface.
-LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-          "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--local-addr=127.0.0.1"]
+# The README's `torchrun --standalone --nproc_per_node=2 training/04_train_ddp.py --resume`,
+# kept on the loopback address: rendezvous on localhost (--standalone), the workers'
+# MASTER_ADDR (--local-addr) and gloo's interface (GLOO_SOCKET_IFNAME below).
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          "--local-addr=127.0.0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,15 @@ def jobs(tmp_path_factory):
     """Start both 2-process torchrun jobs now; tests collect them with ``_finish``."""
     root = tmp_path_factory.mktemp("torchrun")
     started = {}
-    for name, restarts, extra in [("plain", 0, {}), ("crash", 1, {"TORCHNOTES_DIE_AT_STEP": "10"})]:
+    # The restart line of the docstring sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; without it
+    # the restarted group read the dead group's addresses in 2 of 5 runs here.
+    crash = {"TORCHNOTES_DIE_AT_STEP": "10", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    for name, restarts, extra in [("plain", 0, {}), ("crash", 1, crash)]:
         out, log = root / name, root / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if k != "TORCHNOTES_DIE_AT_STEP"}
+        env = {k: v for k, v in os.environ.items() if k not in crash}
         env.update(GLOO_SOCKET_IFNAME="lo", TORCHNOTES_RUNS=str(root / "runs"), **extra)
-        cmd = [*LAUNCH, f"--rdzv-id={name}-{uuid.uuid4().hex[:8]}", f"--max-restarts={restarts}",
-               str(TRAIN), "--smoke", "--device", "cpu", "--out-dir", str(out), "--resume"]
+        cmd = [*LAUNCH, f"--max-restarts={restarts}", str(TRAIN), "--resume",
+               "--smoke", "--device", "cpu", "--out-dir", str(out)]
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)
         started[name] = dict(proc=proc, out=out, log=log)

@@ -1,4 +1,4 @@
-"""Multi-process training with DDP and torchrun: the Moli flow on N processes, restartable.
+r"""Multi-process training with DDP and torchrun: the Moli flow on N processes, restartable.
 
 torchrun starts one process per device and tells each who it is (``RANK``, ``LOCAL_RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``). Each process wraps Moli in
@@ -20,16 +20,24 @@ Claims proven (in rank 0, from what every rank reports):
      weights under plain names: save ``ddp.module.state_dict()``, not ``ddp.state_dict()``
      (whose keys start with ``module.`` and do not fit a plain Moli).
 
-Run on one machine:
-  python training/04_train_ddp.py                  (1 process; about 20 s on a 2-core CPU)
+Run on one machine (1 process, then 2, then 2 that torchrun restarts once if one dies):
+  python training/04_train_ddp.py                  (about 20 s on a 2-core laptop CPU)
   torchrun --standalone --nproc_per_node=2 training/04_train_ddp.py --resume
-  torchrun --standalone --nproc_per_node=2 --max-restarts=3 training/04_train_ddp.py --resume
-On several machines (the same line on each; $HOST is one machine's address, reachable from all):
-  torchrun --nnodes=2 --nproc_per_node=4 --rdzv-backend=c10d --rdzv-endpoint=$HOST:29500 \
-      --rdzv-id=moli --max-restarts=3 training/04_train_ddp.py --device cuda --resume
+  TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone --nproc_per_node=2 \
+      --max-restarts=1 training/04_train_ddp.py --resume
+With restarts, set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: by default torchrun's workers share
+its rendezvous store across restarts, and the restarted group can read the dead group's
+addresses ("Connection refused"; pytorch/pytorch#135712). The variable gives each restart a
+fresh store.
+On several machines: the same line on each ($HOST: one machine's address that all can reach;
+each machine needs the data):
+  TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=2 --nproc_per_node=4 \
+      --rdzv-backend=c10d --rdzv-endpoint=$HOST:29500 --rdzv-id=moli --max-restarts=3 \
+      training/04_train_ddp.py --device cuda --resume
 Backends: NCCL with ``--device cuda`` (one GPU per process), else gloo on the CPU.
-Fault drill: ``TORCHNOTES_DIE_AT_STEP=6`` makes the last rank exit at global step 6 of the
-first attempt (``TORCHELASTIC_RESTART_COUNT`` is 0), so a restart can be watched.
+Fault drill: ``TORCHNOTES_DIE_AT_STEP=200`` makes the last rank exit at global step 200 (in
+epoch 2) on the first attempt (``TORCHELASTIC_RESTART_COUNT`` is 0): with the restart line
+above, watch torchrun restart the group, which resumes from the epoch-1 checkpoint.
 """
 
 from __future__ import annotations
