@@ -1,4 +1,4 @@
-"""Data parallelism: DataParallel vs DDP, a ring all-reduce by hand, ``mp.spawn`` on one machine.
+"""Data parallelism: DataParallel vs DDP, a ring all-reduce by hand, mp.spawn on one machine.
 
 Both split every batch across devices and keep one model copy per device; they differ in who
 drives the copies and how gradients meet.
