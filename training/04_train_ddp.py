@@ -205,9 +205,14 @@ def step_2_sampler_shards(ranks: list[dict], n_train: int) -> None:
     trained = sorted(ranks[0]["orders"])
     for epoch in trained:
         shards = [r["orders"][epoch] for r in ranks]
-        together = sorted(i for shard in shards for i in shard)
+        together = [i for shard in shards for i in shard]
+        # DistributedSampler pads to a multiple of N by repeating the first few indices.
+        padded = -(-n_train // len(shards)) * len(shards) - n_train
         check(f"epoch {epoch + 1}: {len(shards)} shard(s) of {len(shards[0])} are disjoint "
-              f"and cover the {n_train} images once", together == list(range(n_train)))
+              f"and cover the {n_train} images once" + (f" (+{padded} repeated)" if padded
+                                                         else ""),
+              sorted(set(together)) == list(range(n_train))
+              and len(together) == n_train + padded)
     if len(trained) < 2:
         print("one epoch trained in this run: reshuffling between epochs not shown")
         return
