@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, float64_device, make_parser, start
 
 FULL = dict(batch=4, text_len=7, dim=64, context_dim=48, heads=4, queries=8)
 SMOKE = dict(batch=2, text_len=5, dim=32, context_dim=24, heads=4, queries=4)
@@ -96,6 +96,7 @@ class QFormerLite(nn.Module):
 
 def step_1_matches_pytorch(cfg, device) -> float:
     B, T, D, C, H = cfg["batch"], cfg["text_len"], cfg["dim"], cfg["context_dim"], cfg["heads"]
+    device = float64_device(device)                       # MPS has no float64: use the CPU
     attn = CrossAttention(D, C, H).to(device).double()
     x = torch.randn(B, T, D, device=device, dtype=torch.float64)
     ctx = torch.randn(B, 9, C, device=device, dtype=torch.float64)
