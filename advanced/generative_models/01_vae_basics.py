@@ -14,7 +14,7 @@ Claims proven:
   4. beta-VAE (Higgins 2017): a larger beta buys a smaller KL with a worse reconstruction
      (a table for two betas). Reconstructions and prior samples go to a PNG grid.
 
-Run:  python advanced/generative_models/01_vae_basics.py        (about 15 s on a laptop CPU)
+Run:  python advanced/generative_models/01_vae_basics.py        (about 20 s on a laptop CPU)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Claims proven:
 Mode collapse is G putting all its mass on a few modes that fool the current D; counting the
 modes that receive samples is the simplest way to see it.
 
-Run:  python advanced/generative_models/03_gan_training.py        (about 8 s on a laptop CPU)
+Run:  python advanced/generative_models/03_gan_training.py        (about 10 s on a laptop CPU)
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ an LLM; because CLIP training already aligned those features with language, a pr
 on image-caption pairs is enough for the LLM to "read" the image, and instruction tuning does
 the rest. SEED, BLIP-2 and Flamingo likewise start from a contrastively trained image encoder.
 
-Run:  python advanced/multimodal/01_clip_contrastive.py        (about 10 s on a laptop CPU)
+Run:  python advanced/multimodal/01_clip_contrastive.py        (about 7 s on a laptop CPU)
 """
 
 from __future__ import annotations
