@@ -15,7 +15,7 @@ Claims proven:
   4. The 1/sqrt(d) scale keeps the logits' variance near 1 (unscaled it is near d, and softmax
      saturates).
 
-Run:  python advanced/model_architecture/01_attention_mechanism.py      (about 2 s on a laptop CPU)
+Run:  python advanced/model_architecture/01_attention_mechanism.py      (about 3 s on a laptop CPU)
 """
 
 from __future__ import annotations

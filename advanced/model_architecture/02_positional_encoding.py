@@ -16,7 +16,7 @@ Claims proven:
   5. RoPE preserves each vector's norm, and q.k after RoPE depends only on the relative offset:
      shifting both positions leaves the score unchanged.
 
-Run:  python advanced/model_architecture/02_positional_encoding.py      (about 2 s on a laptop CPU)
+Run:  python advanced/model_architecture/02_positional_encoding.py      (about 3 s on a laptop CPU)
 """
 
 from __future__ import annotations

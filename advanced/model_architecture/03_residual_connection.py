@@ -15,7 +15,7 @@ Claims proven:
      stream after every block, while Pre-LN's stream is a running sum that grows with depth.
   4. ``RMSNorm`` x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019) equals ``nn.RMSNorm``.
 
-Run:  python advanced/model_architecture/03_residual_connection.py      (about 3 s on a laptop CPU)
+Run:  python advanced/model_architecture/03_residual_connection.py      (about 4 s on a laptop CPU)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Claims proven:
   4. ``merge()`` gives one plain ``nn.Linear`` with W0 + (alpha/r) B A whose output equals the
      unmerged LoRA layer's; the merged model has the base model's parameter count.
 
-Run:  python advanced/peft/01_lora_principle.py      (about 3 s on a laptop CPU)
+Run:  python advanced/peft/01_lora_principle.py      (about 4 s on a laptop CPU)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Claims proven:
      change's rank beats r = 1; BitFit (biases only) ends highest. The table of trainable
      parameters and loss reached is measured and printed.
 
-Run:  python advanced/peft/02_adapter_layers.py      (about 5 s on a laptop CPU)
+Run:  python advanced/peft/02_adapter_layers.py      (about 6 s on a laptop CPU)
 """
 
 from __future__ import annotations
