@@ -42,6 +42,7 @@ import operator
 import os
 import runpy
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -118,7 +119,7 @@ def worker(rank: int, world_size: int, port: int, backend: str, cfg: dict,
            out_dir: str) -> None:
     """Rank ``rank`` of ``world_size``: run the experiments, save what it saw for the parent."""
     torch.set_num_threads(1)               # N processes share the cores; no oversubscription
-    if backend == "gloo":
+    if backend == "gloo" and sys.platform != "win32":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
