@@ -19,7 +19,7 @@ Claims proven:
   7. SEED (Fang et al. 2021) trains with cross-entropy between similarity distributions; that
      is KL + the teacher's entropy, so its gradient equals KL's.
 
-Run:  python advanced/loss_functions/01_kl_divergence.py        (about 3 s on a laptop CPU)
+Run:  python advanced/loss_functions/01_kl_divergence.py        (about 4 s on a laptop CPU)
 """
 
 from __future__ import annotations

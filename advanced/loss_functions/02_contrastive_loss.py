@@ -18,7 +18,7 @@ Claims proven:
   5. A small encoder trained with in-batch InfoNCE on two noisy views of synthetic points: the
      loss falls by a stated factor and a view retrieves its twin among the batch.
 
-Run:  python advanced/loss_functions/02_contrastive_loss.py        (about 3 s on a laptop CPU)
+Run:  python advanced/loss_functions/02_contrastive_loss.py        (about 4 s on a laptop CPU)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Claims proven:
   5. A small classifier trained with multi-class focal loss on imbalanced synthetic data (one
      rare class): the loss falls by a stated factor and the rare class is recalled.
 
-Run:  python advanced/loss_functions/03_focal_loss.py        (about 3 s on a laptop CPU)
+Run:  python advanced/loss_functions/03_focal_loss.py        (about 4 s on a laptop CPU)
 """
 
 from __future__ import annotations

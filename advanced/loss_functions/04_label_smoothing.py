@@ -20,7 +20,7 @@ Claims proven:
      classes are. Here each class has a "sibling" class nearby; the share of the wrong-class
      probability that goes to the sibling falls towards uniform under smoothing.
 
-Run:  python advanced/loss_functions/04_label_smoothing.py        (about 5 s on a laptop CPU)
+Run:  python advanced/loss_functions/04_label_smoothing.py        (about 6 s on a laptop CPU)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import nn
 from torchnotes import check, make_parser, start
 
 FULL = dict(batch=64, classes=6, n_train=400, n_test=4000, steps=600, hidden=128)
-SMOKE = dict(batch=16, classes=6, n_train=200, n_test=1000, steps=300, hidden=128)
+SMOKE = dict(batch=16, classes=6, n_train=200, n_test=1000, steps=200, hidden=128)
 
 EPSILON = 0.1
 # float32 log-softmax of logits of order 1-10: a few ulps; a mean over B terms: 1e-5.

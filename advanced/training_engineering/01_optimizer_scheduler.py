@@ -17,7 +17,7 @@ Claims proven:
   5. The recipe (AdamW + param groups + warmup-cosine) trains a small MLP: the loss falls 10x.
   The schedules are printed as a table and written to TensorBoard under --out-dir.
 
-Run:  python advanced/training_engineering/01_optimizer_scheduler.py   (about 3 s, laptop CPU)
+Run:  python advanced/training_engineering/01_optimizer_scheduler.py   (about 4 s, laptop CPU)
       tensorboard --logdir runs/advanced/training_engineering
 """
 

@@ -17,7 +17,7 @@ Claims proven:
      when the segment's input does not require grad (e.g. raw data); the new one does.
   6. On CUDA, peak memory of forward + backward falls too (skipped, with the reason, on CPU).
 
-Run:  python advanced/training_engineering/03_gradient_checkpoint.py   (about 3 s, laptop CPU)
+Run:  python advanced/training_engineering/03_gradient_checkpoint.py   (about 5 s, laptop CPU)
 """
 
 from __future__ import annotations
