@@ -191,10 +191,3 @@ def test_02_comparison_claims_can_fail(note, tmp_path):
     with pytest.raises(ClaimError, match="lowers the loss"):       # nothing moves at lr = 0
         mod.step_4_compare(base, x, y, adapters, **{**mod.SMOKE, "lr": 0.0})
 
-
-def test_02_main_returns_the_table(note, tmp_path):
-    mod = note(ADAPTER)
-    table = smoke(mod, tmp_path)["peft_table"]
-    assert set(table) == {"full fine-tuning", "LoRA r=1", "LoRA r=4", "serial adapters",
-                          "gated adapters", "BitFit (biases)"}
-    assert table["BitFit (biases)"][0] == 32 + 32 + 8          # the three biases (smoke sizes)
