@@ -187,6 +187,17 @@ def test_resume_never_starts_fresh_over_unreadable_work(train01, finished, tmp_p
     assert len((out / "moli_epoch_1.pth").read_bytes()) == 1198   # nothing replaced
 
 
+def test_finding_7_a_checkpoint_of_another_architecture(train01, finished, tmp_path):
+    out = _copy(finished, tmp_path)
+    checkpoint = load_checkpoint(out / "moli_epoch_2.pth")
+    checkpoint["model"]["model.7.weight"] = torch.zeros(64, 2048)     # a wider first Linear
+    atomic_save(checkpoint, out / "moli_epoch_2.pth")
+    with pytest.raises(CheckpointError, match=r"moli_epoch_2.pth does not fit Moli: first "
+                                              r"mismatch at key 'model.7.weight': shape "
+                                              r"\(64, 2048\) in the file vs shape \(64, 1024\)"):
+        train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
+
+
 def test_finding_5_a_second_run_on_the_same_out_dir_stops(train01, tmp_path):
     with RunLock(tmp_path), pytest.raises(NoteError, match="is in use by another run"):
         train01.main([*SMOKE, "--out-dir", str(tmp_path)])
@@ -282,8 +293,8 @@ def test_claim_fails_when_the_restored_model_is_not_the_saved_one(train01, engin
     monkeypatch.setattr(train01, "set_rng_state", lambda state: None)
     real_restore = train01.restore
 
-    def loses_a_layer(checkpoint, model, *args):
-        real_restore(checkpoint, model, *args)
+    def loses_a_layer(checkpoint, model, *args, **kwargs):
+        real_restore(checkpoint, model, *args, **kwargs)
         with torch.no_grad():
             model.model[0].weight.zero_()
 
@@ -301,6 +312,25 @@ def test_02_claim_fails_when_nothing_is_learned(note, engine):
     with pytest.raises(ClaimError, match="the training loss went down"):
         mod.step_2_train_timed(moli, loss_fn, (_tiny_loader(n=256), _tiny_loader()), False, cfg,
                                show_progress=False)
+
+
+def test_02_claim_fails_when_an_unguarded_cuda_call_works(note, engine, monkeypatch):
+    mod = note("training/02_train_gpu_cuda.py")
+    monkeypatch.setattr(mod, "unguarded_cuda", lambda: None)      # as if .cuda() were harmless
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ClaimError, match="unguarded .cuda.. fails"):
+        mod.step_1_move_with_cuda(use_cuda=False)
+
+
+def test_02_claim_fails_when_evaluation_records_a_graph(note, engine, monkeypatch):
+    import contextlib
+
+    mod = note("training/02_train_gpu_cuda.py")
+    moli, loss_fn = mod.step_1_move_with_cuda(use_cuda=False)
+    monkeypatch.setattr(torch, "no_grad", contextlib.nullcontext)  # evaluation forgets no_grad
+    with pytest.raises(ClaimError, match="carried no graph"):
+        mod.step_2_train_timed(moli, loss_fn, (_tiny_loader(n=256), _tiny_loader()), False,
+                               dict(epochs=1, lr=1e-2), show_progress=False)
 
 
 def test_02_says_it_cannot_use_mps(note, engine, capsys):

@@ -47,6 +47,7 @@ from torchnotes.checkpoint import (
     RunLock,
     atomic_save,
     load_checkpoint,
+    load_weights,
     resume_or_start,
     rng_state,
     set_rng_state,
@@ -108,8 +109,10 @@ def make_checkpoint(model, optimizer, train_loader, epoch: int, losses: list[flo
     }
 
 
-def restore(checkpoint: dict, model, optimizer, train_loader) -> None:
-    model.load_state_dict(checkpoint["model"])
+def restore(checkpoint: dict, model, optimizer, train_loader, source="the checkpoint") -> None:
+    # model.load_state_dict(checkpoint["model"]), with one clear line if the file was saved
+    # from another architecture (the first key that does not fit, both shapes).
+    load_weights(model, checkpoint["model"], source=str(source))
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_state(checkpoint["rng"])
     train_loader.generator.set_state(checkpoint["loader_generator"])
@@ -122,7 +125,7 @@ def step_1_train(model, optimizer, loaders, device, cfg: dict, out_dir, resumed,
     losses, epochs, first_epoch = [], [], 1
     if resumed is not None:                         # continue a run that was stopped
         path, checkpoint = resumed
-        restore(checkpoint, model, optimizer, train_loader)
+        restore(checkpoint, model, optimizer, train_loader, source=path)
         losses, first_epoch = checkpoint["losses"].tolist(), checkpoint["epoch"] + 1
         test_loss, _ = evaluate(model, test_loader, loss_fn, device)
         check(f"the restored model reproduces the test loss {path.name} recorded", test_loss,

@@ -118,11 +118,11 @@ def step_2_train_timed(model, loss_fn, loaders, use_cuda: bool, cfg: dict,
               f"test accuracy {acc:.1%}")
     if use_cuda:                                      # on a CPU this could not be false
         check("every batch was on cuda", devices == {"cuda"}, detail=f"seen: {sorted(devices)}")
+    check("under torch.no_grad() the test outputs carried no graph", not graph)
     k = min(10, len(losses) // 4)
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     check("the training loss went down", last < 0.8 * first,
           detail=f"mean of {k} steps: {first:.3f} -> {last:.3f}")
-    check("under torch.no_grad() the test outputs carried no graph", not graph)
     return dict(losses=losses, epochs=epochs)
 
 

@@ -36,7 +36,14 @@ from model import Moli, cifar_loaders
 from torch import nn
 
 from torchnotes import check, make_parser, prepare_out_dir, start, synchronize
-from torchnotes.checkpoint import RunLock, atomic_save, resume_or_start, rng_state, set_rng_state
+from torchnotes.checkpoint import (
+    RunLock,
+    atomic_save,
+    load_weights,
+    resume_or_start,
+    rng_state,
+    set_rng_state,
+)
 from torchnotes.datasets import add_data_args
 
 # None = the whole split: 10,000 train / 2,000 test images of the stand-in.
@@ -135,7 +142,7 @@ def step_3_train_timed(loaders, device: torch.device, cfg: dict, out_dir, resume
     losses, epochs, first_epoch = [], [], 1
     if resumed is not None:
         path, ckpt = resumed
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], source=str(path))   # load_state_dict, clear errors
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])        # where the lr schedule stood
         set_rng_state(ckpt["rng"])
