@@ -33,7 +33,7 @@ from torch import nn
 from torchnotes import check, make_parser, start
 
 FULL = dict(batch=64, classes=10, fit_steps=400, distill_steps=400, n_points=2048)
-SMOKE = dict(batch=16, classes=10, fit_steps=250, distill_steps=120, n_points=512)
+SMOKE = dict(batch=16, classes=10, fit_steps=150, distill_steps=120, n_points=512)
 
 # float32 log-softmax of logits of order 1-10 errs by a few ulps; sums over C <= 401 terms: 1e-5.
 ATOL = 1e-5
