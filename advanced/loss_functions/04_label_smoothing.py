@@ -20,7 +20,7 @@ Claims proven:
      classes are. Here each class has a "sibling" class nearby; the share of the wrong-class
      probability that goes to the sibling falls towards uniform under smoothing.
 
-Run:  python advanced/loss_functions/04_label_smoothing.py        (about 6 s on a laptop CPU)
+Run:  python advanced/loss_functions/04_label_smoothing.py        (about 5 s on a laptop CPU)
 """
 
 from __future__ import annotations
