@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import subprocess
+import sys
 from urllib.error import URLError
 
 import pytest
@@ -36,34 +38,44 @@ def _skip_trap(mod, monkeypatch):
     monkeypatch.setattr(mod, "step_4_fix_rebuild_the_class", lambda *a, **k: 0.0)
 
 
-def test_01_whole_model_trap_and_fix_with_isolated_children(save, tmp_path, monkeypatch):
-    # Finding 2: a torch.py planted in --out-dir, or on PYTHONPATH, is never imported.
+def test_finding_2_01s_children_import_nothing_planted(save, tmp_path, monkeypatch):
+    # A module planted in --out-dir, the current folder or on PYTHONPATH is never imported.
     sentinel = tmp_path / "SENTINEL"
     planted = f"open({str(sentinel)!r}, 'w').close()\n"
     out_dir, elsewhere = tmp_path / "out", tmp_path / "pythonpath"
     for folder in (out_dir, elsewhere):
         folder.mkdir()
+        (folder / "planted.py").write_text(planted)
         (folder / "torch.py").write_text(planted)
     monkeypatch.setenv("PYTHONPATH", str(elsewhere))
     monkeypatch.chdir(out_dir)
-    out = save.main(["--smoke", "--device", "cpu", "--out-dir", str(out_dir)])
-    assert not sentinel.exists()
+    child = save.run_isolated("import sys; import planted")
+    assert b"ModuleNotFoundError: No module named 'planted'" in child.stderr
+    assert child.returncode != 0 and not sentinel.exists()
+    control = subprocess.run([sys.executable, "-c", "import planted"], cwd=out_dir)
+    assert control.returncode == 0 and sentinel.exists()    # without -I it would have run
+
+
+def test_01_the_trap_names_both_failures(save, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(save, "step_1_save_both_ways", lambda *a, **k: {
+        "whole": _whole(save, tmp_path), "state": None, "size_whole": 1, "size_state": 1})
+    monkeypatch.setattr(save, "step_2_what_the_files_name", lambda *a: {})
+    out = save.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
     errors = out["trap"]["errors"]
     assert errors["default"].startswith("Weights only load failed")
     assert errors["other_program"] == (
         "AttributeError: Can't get attribute 'TinyNet' on <module '__main__' (built-in)>")
     assert out["trap"]["output_error"] == 0.0
-    assert out["size_whole"] > out["size_state"]
-    assert "torchvision.models.squeezenet.SqueezeNet" in out["named_whole"]
-    assert out["named_state"] == []
-    assert sorted(p.name for p in out_dir.iterdir()) == [
-        "squeezenet_state_dict.pth", "squeezenet_whole.pth", "tiny_io.pth",
-        "tiny_state_dict.pth", "torch.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_io.pth", "tiny_state_dict.pth",
+                                                         "whole.pth"]
+
+
+def _whole(save, tmp_path):
+    torch.save(save.build_model(), tmp_path / "whole.pth")
+    return tmp_path / "whole.pth"
 
 
 def test_01_claim_fails_when_the_other_program_can_load_it(save, tmp_path, monkeypatch):
-    import subprocess
-
     fake = subprocess.CompletedProcess([], 0, stdout=b"bytes", stderr=b"")   # both succeed
     monkeypatch.setattr(save, "run_isolated", lambda *a, **k: fake)
     whole = tmp_path / "whole.pth"

@@ -1,7 +1,7 @@
 """torchnotes.checkpoint and the out-dir checks: atomic saves, checksums, fallback, lock, RNG.
 
 Findings 3, 5, 6 and 7 of issue 9 are reproduced here against the helper; the training notes'
-kill-and-resume tests are in test_training_resume.py.
+kill-and-resume tests are in test_training.py.
 """
 
 from __future__ import annotations

@@ -1,16 +1,20 @@
 """training/: Moli, 01's own loop, crash-safe checkpoints and --resume, 02 and 03.
 
 The smoke suite runs each note once; these tests pin the pieces, reproduce issue 9's findings
-against the notes, and prove every claim family can fail. The SIGKILL tests are in
-test_training_resume.py.
+against the notes, and prove every claim family can fail; runs of 01 are SIGKILLed (at a
+random moment and inside a save) and resumed bit-identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import random
 import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -20,7 +24,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchnotes import ClaimError, NoteError
-from torchnotes.checkpoint import CheckpointError, RunLock, atomic_save, load_checkpoint
+from torchnotes.checkpoint import (
+    PAUSE_ENV_VAR,
+    CheckpointError,
+    RunLock,
+    atomic_save,
+    load_checkpoint,
+)
 
 CPU = torch.device("cpu")
 SMOKE = ["--smoke", "--device", "cpu"]
@@ -40,13 +50,39 @@ def engine(train01):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One finished smoke run of training/01 (copied by the tests that change it)."""
+    """One finished smoke run of training/01 (copied by the tests that change it).
+
+    It also reproduces findings 4 and 8: it runs with --overwrite over an earlier 3-epoch set,
+    into a non-ASCII --out-dir, printing to an ASCII-only stdout, with --data real. One
+    intra-op thread, like every run it is compared with bit for bit.
+    """
     from conftest import REPO_ROOT, import_note
 
-    out = tmp_path_factory.mktemp("finished") / "run"
-    result = import_note(REPO_ROOT / "training" / "01_train.py").main([*SMOKE, "--out-dir",
-                                                                       str(out)])
-    return out, result
+    out = tmp_path_factory.mktemp("finished") / "runs-\u00e9t\u00e9"
+    for epoch in (1, 2, 3):                                  # an earlier 3-epoch run
+        atomic_save({"epoch": epoch}, out / f"moli_epoch_{epoch}.pth")
+    raw, stdout, threads = io.BytesIO(), sys.stdout, torch.get_num_threads()
+    ascii_only = io.TextIOWrapper(raw, encoding="ascii")     # errors="strict", like a C locale
+    sys.stdout = ascii_only
+    torch.set_num_threads(1)
+    try:
+        result = import_note(REPO_ROOT / "training" / "01_train.py").main(
+            [*SMOKE, "--out-dir", str(out), "--overwrite", "--data", "real"])
+    finally:
+        sys.stdout = stdout
+        torch.set_num_threads(threads)
+        ascii_only.flush()
+        printed = raw.getvalue().decode("ascii")
+        ascii_only.detach()                                  # keep `raw` open
+    return out, result, printed
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _copy(finished, tmp_path):
@@ -112,7 +148,7 @@ def test_train_one_epoch_steps_and_callback(train01, engine):
 
 
 def test_01_smoke_learns_logs_and_checkpoints_everything(finished):
-    out, result = finished
+    out, result, _ = finished
     assert result["test_accuracy"] >= 0.30 and result["reloaded_accuracy"] == \
         result["test_accuracy"]
     assert sorted(p.name for p in out.glob("moli_*")) == [
@@ -129,17 +165,9 @@ def test_01_smoke_learns_logs_and_checkpoints_everything(finished):
     assert tb["test/loss"] == tb["test/accuracy"] == [1, 2]
 
 
-def test_finding_4_and_8_overwrite_replaces_the_set_and_non_ascii_prints(train01, tmp_path,
-                                                                         monkeypatch):
-    out = tmp_path / "runs-\u00e9t\u00e9"
-    for epoch in (1, 2, 3):                                  # an earlier 3-epoch run
-        atomic_save({"epoch": epoch}, out / f"moli_epoch_{epoch}.pth")
-    raw = io.BytesIO()
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
-    train01.main([*SMOKE, "--out-dir", str(out), "--overwrite", "--data", "real"])
-    sys.stdout.flush()
-    printed = raw.getvalue().decode("ascii")
-    assert "runs-\\xe9t\\xe9" in printed                       # the summary line did not crash
+def test_finding_4_and_8_overwrite_replaces_the_set_and_non_ascii_prints(finished):
+    out, _, printed = finished
+    assert "runs-\\xe9t\\xe9" in printed                      # the summary line did not crash
     assert "--data real is ignored" in printed               # --smoke said it overrode it
     assert "--overwrite: removed the earlier run" in printed
     assert sorted(p.name for p in out.glob("moli_*.pth")) == ["moli_epoch_1.pth",
@@ -160,7 +188,7 @@ def test_01_refuses_an_earlier_run_before_training(train01, finished, tmp_path):
 
 
 def test_finding_6_resume_falls_back_from_a_corrupt_checkpoint(train01, finished, tmp_path,
-                                                                capsys):
+                                                                capsys, one_thread):
     out = _copy(finished, tmp_path)
     data = bytearray((out / "moli_epoch_2.pth").read_bytes())
     data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)  # 4 KiB zeroed inside
@@ -219,6 +247,70 @@ def test_data_real_with_smoke_says_it_was_overridden(engine, capsys):
     cfg = dict(train_size=8, test_size=8, batch_size=4)
     *_, is_real = engine.cifar_loaders(args, cfg)
     assert not is_real and "--data real is ignored" in capsys.readouterr().out
+
+
+# --- exact resume for real: SIGKILL, then --resume -------------------------------------------
+
+def _child(out_dir, pause: str = "") -> subprocess.Popen:
+    from conftest import REPO_ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop(PAUSE_ENV_VAR, None)
+    env.update({PAUSE_ENV_VAR: pause} if pause else {})
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "training" / "01_train.py"), *SMOKE,
+                             "--out-dir", str(out_dir)], env=env, cwd=out_dir.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(stream, text: str) -> None:
+    seen = []
+    for line in iter(stream.readline, ""):
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never appeared; got: {''.join(seen)[-2000:]}")
+
+
+def test_killed_runs_resume_bit_identical(train01, finished, tmp_path, capsys, one_thread):
+    """Three children (one intra-op thread, like the reference) are killed with SIGKILL: inside
+    save 1 before its checksum, inside save 2 before the rename, and at a random moment."""
+    seed = int(os.environ.get("RESUME_TEST_SEED", time.time_ns() % 10_000))
+    delay = round(random.Random(seed).uniform(0.0, 1.5), 2)
+    kills = {f"at random (seed {seed}), {delay} s into training": "",   # first: timed live
+             "in save 1, before its checksum": "1:60:before_sidecar",
+             "in save 2, before the rename": "2:60:before_replace"}
+    children = {}
+    for i, (name, pause) in enumerate(kills.items()):
+        (tmp_path / f"kill{i}").mkdir()
+        children[name] = (tmp_path / f"kill{i}", _child(tmp_path / f"kill{i}", pause))
+    reference = _tensors(load_checkpoint(finished[0] / "moli_epoch_2.pth"))
+    report = []
+    try:
+        for name, (_, child) in children.items():
+            if kills[name]:
+                _wait_for(child.stderr, "paused")        # the child sits inside atomic_save
+            else:
+                _wait_for(child.stdout, "model: Moli")   # training starts now
+                time.sleep(delay)
+            child.kill()                                 # SIGKILL: no cleanup, no flush
+            child.wait()
+        for name, (out, _) in children.items():
+            for path in out.glob("moli_epoch_*.pth"):    # whatever is under a final name loads
+                load_checkpoint(path)
+            capsys.readouterr()
+            train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
+            start = [ln for ln in capsys.readouterr().out.splitlines()
+                     if ln.startswith("--resume:")][0]
+            report.append(f"killed {name}: {start.replace(str(out), '<out>')}")
+            final = _tensors(load_checkpoint(out / "moli_epoch_2.pth"))
+            assert len(final) == len(reference)
+            assert all(map(torch.equal, final, reference)), f"{name}: not bit-identical"
+    finally:
+        for _, child in children.values():
+            child.kill()
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
+    assert any("continuing from moli_epoch_1.pth" in r for r in report)   # a real mid-run resume
 
 
 # --- every claim family can fail ----------------------------------------------------------
