@@ -3,7 +3,8 @@
 Not a numbered note: ``training/01_train.py``, ``02_train_gpu_cuda.py`` and
 ``03_train_gpu_device.py`` import it (``from model import Moli, cifar_loaders``; running
 ``python training/01_train.py`` puts ``training/`` on ``sys.path``). Each of them writes its own
-training loop. Importing it prints nothing and touches no device.
+training loop; ``evaluate`` serves the later notes (04, DDP) whose lesson is elsewhere.
+Importing it prints nothing and touches no device.
 
 Moli is the spec's network, kept exactly as the lesson: three 5x5 convolutions (padding 2 keeps
 the size), each followed by a 2x2 max-pool, then two linear layers. It has no activation
@@ -81,8 +82,7 @@ def cifar_loaders(args, cfg: dict, *, pin_memory: bool = False
 
 def evaluate(model: nn.Module, loader, loss_fn: nn.Module,
              device: torch.device) -> tuple[float, float]:
-    """Mean loss and accuracy over ``loader``, with no graph recorded (for notes whose lesson
-    is elsewhere; 01-03 write their own)."""
+    """Mean loss and accuracy over ``loader``, with no graph recorded."""
     model.eval()                    # Dropout/BatchNorm in evaluation mode
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.no_grad():                       # no graph: less memory, faster
