@@ -29,7 +29,8 @@ TensorBoard: ``tensorboard --logdir <out-dir>/tensorboard`` shows ``train/loss``
 Data: real CIFAR-10 if it is under data/ (then 10 epochs over all 50,000 images, as the spec
 does; several minutes on a laptop CPU), else the CIFAR-shaped stand-in (10,000 images, 3 epochs).
 
-Run:  python training/01_train.py           (about 20 s on a 2-core laptop CPU, stand-in)
+Run:  python training/01_train.py           (stand-in: 3 epochs + the replayed one; 50 s
+                                             measured on a busy 2-core CPU, one thread)
       python training/01_train.py --resume  (after a crash: continue where it stopped)
 """
 
