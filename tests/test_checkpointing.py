@@ -56,25 +56,6 @@ def test_finding_2_01s_children_import_nothing_planted(save, tmp_path, monkeypat
     assert control.returncode == 0 and sentinel.exists()    # without -I it would have run
 
 
-def test_01_the_trap_names_both_failures(save, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(save, "step_1_save_both_ways", lambda *a, **k: {
-        "whole": _whole(save, tmp_path), "state": None, "size_whole": 1, "size_state": 1})
-    monkeypatch.setattr(save, "step_2_what_the_files_name", lambda *a: {})
-    out = save.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
-    errors = out["trap"]["errors"]
-    assert errors["default"].startswith("Weights only load failed")
-    assert errors["other_program"] == (
-        "AttributeError: Can't get attribute 'TinyNet' on <module '__main__' (built-in)>")
-    assert out["trap"]["output_error"] == 0.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_io.pth", "tiny_state_dict.pth",
-                                                         "whole.pth"]
-
-
-def _whole(save, tmp_path):
-    torch.save(save.build_model(), tmp_path / "whole.pth")
-    return tmp_path / "whole.pth"
-
-
 def test_01_claim_fails_when_the_other_program_can_load_it(save, tmp_path, monkeypatch):
     fake = subprocess.CompletedProcess([], 0, stdout=b"bytes", stderr=b"")   # both succeed
     monkeypatch.setattr(save, "run_isolated", lambda *a, **k: fake)
