@@ -18,7 +18,9 @@ Claims proven:
 
 Run:  python training/06_benchmark.py               (under 2 minutes on a 2-core CPU)
       python training/06_benchmark.py --device cuda
-Figures measured with it: training/BENCHMARKS.md.
+Figures measured with it: training/BENCHMARKS.md. (``torch.profiler`` in a CUDA build of torch
+prints a few kineto lines to stderr, ``profiler_start``/``profiler_stop`` and, on a machine
+without a GPU, a ``gpuGetDeviceCount failed`` error: harmless.)
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class SeedStyle:
 class Fast:
     """``05_train_fast.py``'s loop: tensor-resident uint8 data, one batch per call."""
 
-    def __init__(self, x_u8, y, device, cfg, seed):
-        self.device, self.y, self.bs = device, y, cfg["fast_batch"]
+    def __init__(self, x_u8, y, device, cfg, seed, augment: bool):
+        self.device, self.x, self.y, self.augment = device, x_u8, y, augment
+        self.bs = cfg["fast_batch"]
         self.x_pad = F.pad(x_u8, (0, 0, fast.PAD, fast.PAD, fast.PAD, fast.PAD))
         x = x_u8.float() / 255
         self.mean, self.std = x.mean(dim=(0, 1, 2)), x.std(dim=(0, 1, 2))
@@ -117,11 +120,13 @@ class Fast:
         with record_function("data"):
             idx = torch.randint(0, len(self.y), (self.bs,), generator=self.gen,
                                 device=self.device)
-            oy, ox = (torch.randint(0, 2 * fast.PAD + 1, (self.bs,), generator=self.gen,
-                                    device=self.device) for _ in range(2))
-            flip = torch.rand(self.bs, generator=self.gen, device=self.device) < 0.5
-            inp = fast.to_input(fast.crop_flip(self.x_pad[idx], oy, ox, flip),
-                                self.mean, self.std)
+            batch = self.x[idx]                                      # (B, 32, 32, 3) uint8
+            if self.augment:
+                oy, ox = (torch.randint(0, 2 * fast.PAD + 1, (self.bs,), generator=self.gen,
+                                        device=self.device) for _ in range(2))
+                flip = torch.rand(self.bs, generator=self.gen, device=self.device) < 0.5
+                batch = fast.crop_flip(self.x_pad[idx], oy, ox, flip)
+            inp = fast.to_input(batch, self.mean, self.std)
         with record_function("model"):
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                 enabled=self.dtype is not None):
@@ -198,6 +203,9 @@ def matmul_peak(device: torch.device, dtype) -> float:
 
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
+    parser.add_argument("--augment", action="store_true",
+                        help="give the fast loop 05's random crop + flip as extra work (the "
+                             "seed-style loop has none, so by default neither does the fast one)")
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
     flops = step_1_flops(device)
@@ -206,7 +214,10 @@ def main(argv=None) -> dict:
     print(f"data: built-in CIFAR-shaped stand-in, {len(dataset)} images (both loops)")
     seed_loop = SeedStyle(dataset, device, cfg, args.seed)
     fast_loop = Fast(torch.as_tensor(dataset.data).to(device),
-                     torch.as_tensor(dataset.targets).to(device), device, cfg, args.seed)
+                     torch.as_tensor(dataset.targets).to(device), device, cfg, args.seed,
+                     args.augment)
+    print(f"fast loop: batch {cfg['fast_batch']}, autocast {fast_loop.dtype}, augmentation "
+          f"{'on (extra work)' if args.augment else 'off (same work as the seed-style loop)'}")
     step_2_same_work(seed_loop, fast_loop, dataset)
     rates = step_3_interleaved(seed_loop, fast_loop, cfg, device)
     for name, loop in (("seed-style", seed_loop), ("fast", fast_loop)):
