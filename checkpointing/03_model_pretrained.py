@@ -7,8 +7,8 @@ boolean ``pretrained`` argument is deprecated). ``weights.transforms()`` is the 
 those weights expect. To reuse the network for a 10-class problem you change its last layer
 and often freeze the convolutional part, so only the head learns.
 
-A weights file is a pickle, and torch hub's loader unpickles with ``weights_only=False``: a
-file planted in the cache would run its own code. So this note reads the cached file itself:
+A weights file is a pickle, and torch hub's loader runs the full unpickler on it (weights-only
+mode off): a file planted in the cache would run its own code. So this note reads the cached file itself:
 first its SHA-256 must start with the prefix in the file name (``vgg16-397923af.pth``, as torch
 hub publishes it), then it is loaded with ``torch.load(..., weights_only=True)`` and poured in
 with ``load_state_dict``.
