@@ -8,10 +8,10 @@ those weights expect. To reuse the network for a 10-class problem you change its
 and often freeze the convolutional part, so only the head learns.
 
 A weights file is a pickle, and torch hub's loader runs the full unpickler on it (weights-only
-mode off): a file planted in the cache would run its own code. So this note reads the cached file itself:
-first its SHA-256 must start with the prefix in the file name (``vgg16-397923af.pth``, as torch
-hub publishes it), then it is loaded with ``torch.load(..., weights_only=True)`` and poured in
-with ``load_state_dict``.
+mode off): a file planted in the cache would run its own code. So this note reads the cached
+file itself: first its SHA-256 must start with the prefix in the file name
+(``vgg16-397923af.pth``, as torch hub publishes it), then it is loaded with
+``torch.load(..., weights_only=True)`` and poured in with ``load_state_dict``.
 
 Claims proven:
   1. The ``weights`` enum describes what it builds: the model has exactly
