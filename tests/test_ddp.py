@@ -1,8 +1,8 @@
 """Multi-process training, for real: 2 CPU processes over gloo, torchrun restarts, ring all-reduce.
 
 The two torchrun jobs (an uninterrupted one and one whose rank 1 dies mid-run) start in the
-background when the first test asks for them, and run while the in-process tests do; the last
-tests wait for them. Everything talks over 127.0.0.1 only.
+background right after collection (tests/conftest.py), and run while the in-process tests of
+this and earlier modules do; the last tests wait for them. Everything talks over 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import REPO_ROOT, import_note
+from conftest import BACKGROUND, REPO_ROOT, background, import_note
 from torch.utils.data import DistributedSampler
 
 from torchnotes import ClaimError, NoteError, passed_claims, reset_claims
@@ -41,10 +41,8 @@ def train04():
     return import_note(TRAIN)
 
 
-@pytest.fixture(scope="module")
-def jobs(tmp_path_factory):
-    """Start both 2-process torchrun jobs now; tests collect them with ``_finish``."""
-    root = tmp_path_factory.mktemp("torchrun")
+def _start_jobs(root):
+    """Both 2-process torchrun jobs, started right after collection (tests/conftest.py)."""
     started = {}
     # The restart line of the docstring sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; without it
     # the restarted group read the dead group's addresses in 2 of 5 runs here.
@@ -58,15 +56,16 @@ def jobs(tmp_path_factory):
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)
         started[name] = dict(proc=proc, out=out, log=log)
-    yield started
-    for job in started.values():
-        if job["proc"].poll() is None:       # a failed test left it running: stop it
-            job["proc"].terminate()          # torchrun passes SIGTERM on to its workers
-            try:
-                job["proc"].wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                job["proc"].kill()
-                job["proc"].wait()
+    return started, [job["proc"] for job in started.values()]
+
+
+BACKGROUND["torchrun_jobs"] = _start_jobs
+
+
+@pytest.fixture(scope="module")
+def torchrun_jobs():
+    """The torchrun jobs (running or done); tests collect them with ``_finish``."""
+    return background("torchrun_jobs")
 
 
 def _finish(job) -> str:
@@ -80,7 +79,7 @@ def _finish(job) -> str:
 
 
 @pytest.fixture(scope="module")
-def single(jobs, train04, tmp_path_factory):
+def single(torchrun_jobs, train04, tmp_path_factory):
     """The same smoke run in this process, world size 1 (while the torchrun jobs run)."""
     out = tmp_path_factory.mktemp("single")
     threads = torch.get_num_threads()
@@ -180,7 +179,7 @@ def _swap(out, like, rank, n):
 
 
 def _ring_worker(rank: int, n: int, port: int, folder: str, note_ring) -> None:
-    """Started by mp.spawn: the note's ring, the slipped ring and dist.all_reduce, side by side."""
+    """One of N processes: the note's ring, the slipped ring and dist.all_reduce, side by side."""
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -204,8 +203,16 @@ def test_ring_all_reduce_equals_dist_all_reduce_and_a_slip_is_caught(adv, tmp_pa
     import torch.multiprocessing as mp
 
     n = 3            # chunks of unequal size (10,000 / 3), two steps in each phase
-    mp.spawn(_ring_worker, args=(n, adv.free_port(), str(tmp_path),
-                                 adv.spawnable(adv.ring_all_reduce)), nprocs=n, join=True)
+    # Three real processes talking over gloo. On Linux they are forked from this one (0.1 s;
+    # the DataLoader's default start method too): "spawn" would import torch and this file
+    # afresh in each (~15 s of a 2-core machine). The smoke run covers the note's own mp.spawn.
+    if sys.platform == "linux":
+        mp.start_processes(_ring_worker, args=(n, adv.free_port(), str(tmp_path),
+                                               adv.ring_all_reduce),
+                           nprocs=n, join=True, start_method="fork")
+    else:                        # macOS and Windows: fork is unsafe or missing there
+        mp.spawn(_ring_worker, args=(n, adv.free_port(), str(tmp_path),
+                                     adv.spawnable(adv.ring_all_reduce)), nprocs=n, join=True)
     ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(n)]
     cfg = dict(adv.SMOKE, world_size=n, numel=10_000)
     note = [dict(ring=r["note"], library=r["library"], sent=r["note_sent"]) for r in ranks]
@@ -287,15 +294,15 @@ def test_spawnable_pickles_this_files_function_by_path(adv):
     assert adv.spawnable(_ring_wrong_chunk) is _ring_wrong_chunk   # importable: as it is
 
 
-# ---- the torchrun jobs (started by the first test, run in the background) ------------------
+# ---- the torchrun jobs (started after collection, run in the background) ------------------
 
-def test_ddp_on_two_processes_equals_one_process(jobs, single):
-    log = _finish(jobs["plain"])
+def test_ddp_on_two_processes_equals_one_process(torchrun_jobs, single):
+    log = _finish(torchrun_jobs["plain"])
     assert log.count("device: cpu") == 1 and log.count("✓") >= 7, log    # rank 0 talks only
     assert "all 2 replicas hold bitwise identical weights" in log
-    assert sorted(p.name for p in jobs["plain"]["out"].iterdir()) == sorted(
+    assert sorted(p.name for p in torchrun_jobs["plain"]["out"].iterdir()) == sorted(
         p.name for p in single["out"].iterdir())                           # rank 0 writes only
-    two = _weights(jobs["plain"]["out"])
+    two = _weights(torchrun_jobs["plain"]["out"])
     loss_diff = (two["losses"] - torch.tensor(single["losses"], dtype=torch.float64)).abs()
     weight_diff = max((two["model"][k] - v).abs().max().item()
                       for k, v in single["weights"].items())
@@ -311,7 +318,8 @@ def test_ddp_on_two_processes_equals_one_process(jobs, single):
     assert weight_diff < 2e-3
 
 
-def test_a_rank_that_dies_restarts_from_the_checkpoint_and_ends_equal(jobs):
+def test_a_rank_that_dies_restarts_from_the_checkpoint_and_ends_equal(torchrun_jobs):
+    jobs = torchrun_jobs
     plain = _weights(jobs["plain"]["out"]) if jobs["plain"]["proc"].poll() == 0 else None
     log = _finish(jobs["crash"])
     assert "TORCHNOTES_DIE_AT_STEP=10: exiting now" in log

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import BACKGROUND, REPO_ROOT, background
 
 from torchnotes.curriculum import TOPICS, notes
 
@@ -66,23 +66,45 @@ def _python_commands() -> list[str]:
             if c.startswith("python ") and not c.startswith("python -m pytest")]
 
 
-@pytest.fixture(scope="module")
-def command_results(tmp_path_factory):
-    """Start every README command at once (each imports torch: run them side by side)."""
-    runs = tmp_path_factory.mktemp("readme-runs")
+CHECK_UNDER_O = ("from torchnotes import check, ClaimError\n"
+                 "try:\n    check('false claim', False)\nexcept ClaimError:\n"
+                 "    print('raised')\n")
+
+
+def _start_commands(folder):
+    """Every README command and ``python -O`` at once (each imports torch: side by side),
+    right after collection (tests/conftest.py); the tests below collect them."""
+    runs = folder / "runs"
     env = {**os.environ, "TORCHNOTES_RUNS": str(runs), "PYTHONIOENCODING": "utf-8"}
     env.pop(  # the README's commands must work in a shell where the user set nothing
         "TORCHNOTES_DEVICE", None)
-    procs = {}
+    argvs = {}
     for cmd in _python_commands():
         argv = shlex.split(cmd)
         argv[0] = sys.executable
-        procs[cmd] = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argvs[cmd] = (argv, REPO_ROOT, env)
+    (folder / "cwd").mkdir()
+    argvs["-O"] = ([sys.executable, "-O", "-c", CHECK_UNDER_O], folder / "cwd", None)
+    started = {}
+    for i, (cmd, (argv, cwd, env)) in enumerate(argvs.items()):
+        out, err = folder / f"{i}.out", folder / f"{i}.err"
+        with open(out, "w") as o, open(err, "w") as e:
+            started[cmd] = (subprocess.Popen(argv, cwd=cwd, env=env, stdout=o, stderr=e),
+                            out, err)
+    return started, [proc for proc, _, _ in started.values()]
+
+
+BACKGROUND["readme_runs"] = _start_commands
+
+
+@pytest.fixture(scope="module")
+def readme_runs():
+    """``{command: (exit code, stdout, stderr)}``, waiting for those still running."""
     results = {}
-    for cmd, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        results[cmd] = (proc.returncode, out, err)
+    for cmd, (proc, out, err) in background("readme_runs").items():
+        proc.wait(timeout=300)
+        results[cmd] = (proc.returncode, out.read_text(encoding="utf-8"),
+                        err.read_text(encoding="utf-8"))
     return results
 
 
@@ -94,8 +116,8 @@ def test_readme_has_runnable_commands():
 
 
 @pytest.mark.parametrize("cmd", _python_commands())
-def test_readme_command_runs(cmd, command_results):
-    code, out, err = command_results[cmd]
+def test_readme_command_runs(cmd, readme_runs):
+    code, out, err = readme_runs[cmd]
     if "--device cuda" in cmd and not torch.cuda.is_available():
         assert code == 2, (out, err)
         assert "CUDA is not available here" in err and "Available here: cpu" in err, err
@@ -108,9 +130,6 @@ def test_readme_command_runs(cmd, command_results):
         assert out.count("✓") >= 3, out
 
 
-def test_check_still_raises_under_python_O(tmp_path):
-    code = ("from torchnotes import check, ClaimError\n"
-            "try:\n    check('false claim', False)\nexcept ClaimError:\n    print('raised')\n")
-    proc = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    assert proc.stdout.strip() == "raised", proc.stderr
+def test_check_still_raises_under_python_O(readme_runs):
+    code, out, err = readme_runs["-O"]
+    assert code == 0 and out.strip() == "raised", err

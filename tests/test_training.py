@@ -288,26 +288,36 @@ def test_killed_runs_resume_bit_identical(train01, finished, tmp_path, capsys, o
         children[name] = (tmp_path / f"kill{i}", _child(tmp_path / f"kill{i}", pause))
     reference = _tensors(load_checkpoint(finished[0] / "moli_epoch_2.pth"))
     report = []
+
+    def kill(name, child):
+        if kills[name]:
+            _wait_for(child.stderr, "paused")            # the child sits inside atomic_save
+        else:
+            _wait_for(child.stdout, "epoch 1:")          # epoch 1 is saved; epoch 2 starts
+            time.sleep(delay)
+        child.kill()                                     # SIGKILL: no cleanup, no flush
+        child.wait()
+
+    def resume(name, out):
+        for path in out.glob("moli_epoch_*.pth"):        # whatever is under a final name loads
+            load_checkpoint(path)
+        capsys.readouterr()
+        train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
+        start = [ln for ln in capsys.readouterr().out.splitlines()
+                 if ln.startswith("--resume:")][0]
+        report.append(f"killed {name}: {start.replace(str(out), '<out>')}")
+        final = _tensors(load_checkpoint(out / "moli_epoch_2.pth"))
+        assert len(final) == len(reference)
+        assert all(map(torch.equal, final, reference)), f"{name}: not bit-identical"
+
+    (first, (first_out, first_child)), *paused = children.items()
     try:
-        for name, (_, child) in children.items():
-            if kills[name]:
-                _wait_for(child.stderr, "paused")        # the child sits inside atomic_save
-            else:
-                _wait_for(child.stdout, "epoch 1:")      # epoch 1 is saved; epoch 2 starts
-                time.sleep(delay)
-            child.kill()                                 # SIGKILL: no cleanup, no flush
-            child.wait()
-        for name, (out, _) in children.items():
-            for path in out.glob("moli_epoch_*.pth"):    # whatever is under a final name loads
-                load_checkpoint(path)
-            capsys.readouterr()
-            train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
-            start = [ln for ln in capsys.readouterr().out.splitlines()
-                     if ln.startswith("--resume:")][0]
-            report.append(f"killed {name}: {start.replace(str(out), '<out>')}")
-            final = _tensors(load_checkpoint(out / "moli_epoch_2.pth"))
-            assert len(final) == len(reference)
-            assert all(map(torch.equal, final, reference)), f"{name}: not bit-identical"
+        kill(first, first_child)
+        resume(first, first_out)          # while the other two train on to their pause
+        for name, (_, child) in paused:
+            kill(name, child)
+        for name, (out, _) in paused:
+            resume(name, out)
     finally:
         for _, child in children.values():
             child.kill()
