@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import random
 import shutil
@@ -299,12 +300,35 @@ def test_killed_runs_resume_bit_identical(train01, finished, tmp_path, capsys, o
         child.wait()
 
     def resume(name, out):
+        """Resume in this process; return what it printed."""
         for path in out.glob("moli_epoch_*.pth"):        # whatever is under a final name loads
             load_checkpoint(path)
         capsys.readouterr()
         train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
-        start = [ln for ln in capsys.readouterr().out.splitlines()
-                 if ln.startswith("--resume:")][0]
+        return capsys.readouterr().out
+
+    def resume_forked(name, out):
+        """Resume in a forked copy of this process (one core each; Linux only)."""
+        for path in out.glob("moli_epoch_*.pth"):
+            load_checkpoint(path)
+        log = out.parent / f"{out.name}.log"
+
+        def run():
+            with open(log, "w") as f:
+                sys.stdout = f
+                train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
+
+        proc = multiprocessing.get_context("fork").Process(target=run)
+        proc.start()
+
+        def printed():
+            proc.join(timeout=300)
+            assert proc.exitcode == 0, f"{name}: the forked resume failed: {log.read_text()}"
+            return log.read_text()
+        return printed
+
+    def check(name, out, printed):
+        start = [ln for ln in printed.splitlines() if ln.startswith("--resume:")][0]
         report.append(f"killed {name}: {start.replace(str(out), '<out>')}")
         final = _tensors(load_checkpoint(out / "moli_epoch_2.pth"))
         assert len(final) == len(reference)
@@ -313,11 +337,17 @@ def test_killed_runs_resume_bit_identical(train01, finished, tmp_path, capsys, o
     (first, (first_out, first_child)), *paused = children.items()
     try:
         kill(first, first_child)
-        resume(first, first_out)          # while the other two train on to their pause
+        check(first, first_out, resume(first, first_out))   # while the others train on
         for name, (_, child) in paused:
             kill(name, child)
-        for name, (out, _) in paused:
-            resume(name, out)
+        (name_a, (out_a, _)), (name_b, (out_b, _)) = paused
+        if sys.platform == "linux":                  # the last two side by side
+            printed_b = resume_forked(name_b, out_b)
+            check(name_a, out_a, resume(name_a, out_a))
+            check(name_b, out_b, printed_b())
+        else:
+            check(name_a, out_a, resume(name_a, out_a))
+            check(name_b, out_b, resume(name_b, out_b))
     finally:
         for _, child in children.values():
             child.kill()
