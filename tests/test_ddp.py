@@ -178,12 +178,11 @@ def _swap(out, like, rank, n):
     return received
 
 
-def _ring_worker(rank: int, n: int, port: int, folder: str, note_ring) -> None:
+def _ring_worker(rank: int, n: int, rendezvous: str, folder: str, note_ring) -> None:
     """One of N processes: the note's ring, the slipped ring and dist.all_reduce, side by side."""
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=n)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=n)
     try:
         mine = torch.randn(10_000, generator=torch.Generator().manual_seed(100 + rank))
         # 10,000 = 3,334 + 3,333 + 3,333 (unequal chunks); the slipped ring gets 9,999 (equal
@@ -206,12 +205,13 @@ def test_ring_all_reduce_equals_dist_all_reduce_and_a_slip_is_caught(adv, tmp_pa
     # Three real processes talking over gloo. On Linux they are forked from this one (0.1 s;
     # the DataLoader's default start method too): "spawn" would import torch and this file
     # afresh in each (~15 s of a 2-core machine). The smoke run covers the note's own mp.spawn.
+    rendezvous = (tmp_path / "rendezvous").as_uri()    # a file store, as the note uses
     if sys.platform == "linux":
-        mp.start_processes(_ring_worker, args=(n, adv.free_port(), str(tmp_path),
+        mp.start_processes(_ring_worker, args=(n, rendezvous, str(tmp_path),
                                                adv.ring_all_reduce),
                            nprocs=n, join=True, start_method="fork")
     else:                        # macOS and Windows: fork is unsafe or missing there
-        mp.spawn(_ring_worker, args=(n, adv.free_port(), str(tmp_path),
+        mp.spawn(_ring_worker, args=(n, rendezvous, str(tmp_path),
                                      adv.spawnable(adv.ring_all_reduce)), nprocs=n, join=True)
     ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(n)]
     cfg = dict(adv.SMOKE, world_size=n, numel=10_000)

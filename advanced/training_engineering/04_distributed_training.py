@@ -115,14 +115,15 @@ def flat(tensors) -> torch.Tensor:
 
 # ---- one process per device: what mp.spawn starts ------------------------------------------
 
-def worker(rank: int, world_size: int, port: int, backend: str, cfg: dict,
+def worker(rank: int, world_size: int, rendezvous: str, backend: str, cfg: dict,
            out_dir: str) -> None:
     """Rank ``rank`` of ``world_size``: run the experiments, save what it saw for the parent."""
     torch.set_num_threads(1)               # N processes share the cores; no oversubscription
     if backend == "gloo" and sys.platform != "win32":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
+    # The processes find each other through a file (one machine: no port to pick, so no race
+    # with another program for it); across machines it would be tcp://HOST:PORT or env://.
+    dist.init_process_group(backend, init_method=rendezvous, rank=rank, world_size=world_size)
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -155,13 +156,6 @@ def worker(rank: int, world_size: int, port: int, backend: str, cfg: dict,
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on, on the loopback address only."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def loopback_interface() -> str:
     """'lo' on Linux, 'lo0' on macOS: gloo then talks over 127.0.0.1, never the network."""
     names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
@@ -185,11 +179,12 @@ def run_workers(cfg: dict, backend: str, out_dir: Path) -> list[dict]:
     n = cfg["world_size"]
     folder = out_dir / "ranks"
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("rank_*.pt"):
-        old.unlink()                       # never read an earlier run's results
+    for old in [*folder.glob("rank_*.pt"), folder / "rendezvous"]:
+        old.unlink(missing_ok=True)        # never read an earlier run's results or store
     # mp.spawn(fn, args, nprocs) calls fn(rank, *args) in nprocs fresh processes ("spawn":
     # each re-imports torch) and raises here if any of them fails.
-    mp.spawn(spawnable(worker), args=(n, free_port(), backend, cfg, str(folder)), nprocs=n,
+    rendezvous = (folder / "rendezvous").resolve().as_uri()          # file:///.../rendezvous
+    mp.spawn(spawnable(worker), args=(n, rendezvous, backend, cfg, str(folder)), nprocs=n,
              join=True)
     return [torch.load(folder / f"rank_{r}.pt", weights_only=True) for r in range(n)]
 
