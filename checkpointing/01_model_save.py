@@ -82,13 +82,16 @@ torch.save(model.state_dict(), sys.argv[1])     # state_dict: names -> tensors
 x = torch.randn(3, 4)
 torch.save({"x": x, "y": model(x).detach()}, sys.argv[2])
 """
-# Another program: it has torch, but no TinyNet in its own __main__. The bytes come from the
-# saver through a pipe (never from a file someone could swap), so the full unpickler is shown
-# on bytes these notes made themselves.
+# Another program: it has torch, but no TinyNet in its own __main__. It loads with the full
+# unpickler, through 02_model_load.py's load_trusting (the one place these notes turn the safe
+# default off; 02 shows why that is dangerous). The bytes come from the saver through a pipe,
+# never from a file someone could swap: the notes unpickle only what they made themselves.
 LOADER = """
-import io, sys, torch
-torch.load(io.BytesIO(sys.stdin.buffer.read()), weights_only=False)
+import io, runpy, sys
+load_trusting = runpy.run_path(sys.argv[1])["load_trusting"]
+load_trusting(io.BytesIO(sys.stdin.buffer.read()), "cpu")
 """
+TRUSTING = Path(__file__).resolve().parent / "02_model_load.py"
 
 
 def run_isolated(code: str, *args: str, stdin: bytes | None = None):
@@ -175,7 +178,7 @@ def step_3_whole_model_trap(whole: Path, out_dir: Path, overwrite: bool,
     saver = run_isolated(SAVER, *map(str, paths))
     if saver.returncode != 0:
         raise NoteError(f"the saving program failed: {saver.stderr.decode()[-300:]}")
-    loader = run_isolated(LOADER, stdin=saver.stdout)
+    loader = run_isolated(LOADER, str(TRUSTING), stdin=saver.stdout)
     last = (loader.stderr.decode().strip().splitlines() or ["(no error)"])[-1]
     print(f"another program loading the whole TinyNet ({len(saver.stdout):,} bytes): {last}")
     check("...and another program fails on the missing class __main__.TinyNet, even with the "

@@ -169,10 +169,9 @@ def test_no_weights_only_false_outside_the_lesson():
         hits = call.findall(path.read_text(encoding="utf-8", errors="replace"))
         if hits:
             found[path.relative_to(REPO_ROOT).as_posix()] = len(hits)
-    # 02's load_trusting (bytes it made in memory) and 01's second program (bytes piped from
-    # its own first program, never a file): the lesson that shows the danger.
-    assert found == {"checkpointing/02_model_load.py": 1,
-                     "checkpointing/01_model_save.py": 1}, found
+    # 02's load_trusting: the lesson that shows the danger (on bytes it made in memory); 01's
+    # second program reuses it on bytes piped from its own first program.
+    assert found == {"checkpointing/02_model_load.py": 1}, found
 
 
 def test_strict_false_only_through_an_explicit_list():
