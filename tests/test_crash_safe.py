@@ -9,16 +9,15 @@ from __future__ import annotations
 import errno
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import FORK, ForkedJob
 from torch import nn
 
-from torchnotes import NoteError, prepare_out_dir, start
+from torchnotes import NoteError, checkpoint, prepare_out_dir, start
 from torchnotes.checkpoint import (
     PAUSE_ENV_VAR,
     CheckpointError,
@@ -89,19 +88,24 @@ def test_latest_valid_prefers_the_stored_epoch_and_falls_back_loudly(tmp_path, c
     assert latest_valid(tmp_path / "empty") is None
 
 
+@pytest.mark.skipif(not FORK, reason="kills forked savers; this platform has no os.fork")
 def test_finding_3_a_kill_during_a_save_leaves_the_previous_file_intact(tmp_path):
-    code = ("import torch, sys; from torchnotes.checkpoint import atomic_save; "
-            "atomic_save({'epoch': 2, 'model': {'w': torch.ones(99)}}, sys.argv[1])")
+    def save_paused(path, stage):
+        def target():
+            checkpoint._saves = 0                                 # counted per process
+            os.environ[PAUSE_ENV_VAR] = f"1:30:{stage}"
+            atomic_save({"epoch": 2, "model": {"w": torch.ones(99)}}, path)
+        return target
+
     children, before = {}, {}
     for stage in ("before_sidecar", "before_replace"):       # both children run at once
         path = atomic_save(_ckpt(1, 1.0), tmp_path / stage / "a.pth")
         before[stage] = path.read_bytes()
-        env = dict(os.environ, **{PAUSE_ENV_VAR: f"1:30:{stage}"})
-        children[stage] = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env,
-                                           stderr=subprocess.PIPE, text=True)
+        children[stage] = ForkedJob(save_paused(path, stage), tmp_path / f"{stage}.log",
+                                    background=False)
     for stage, child in children.items():
         try:
-            assert f"paused {stage}" in child.stderr.readline()   # the temp file is complete
+            child.wait_for(f"paused {stage}")                     # the temp file is complete
         finally:
             child.kill()                                          # SIGKILL in the save
             child.wait()

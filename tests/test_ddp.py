@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import BACKGROUND, REPO_ROOT, background, import_note
+from conftest import BACKGROUND, PREEXEC, REPO_ROOT, background, import_note
 from torch.utils.data import DistributedSampler
 
 from torchnotes import ClaimError, NoteError, passed_claims, reset_claims
@@ -54,7 +54,8 @@ def _start_jobs(root):
         cmd = [*LAUNCH, f"--max-restarts={restarts}", str(TRAIN), "--resume",
                "--smoke", "--device", "cpu", "--out-dir", str(out)]
         with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    preexec_fn=PREEXEC)
         started[name] = dict(proc=proc, out=out, log=log)
     return started, [job["proc"] for job in started.values()]
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import BACKGROUND, REPO_ROOT, background
+from conftest import BACKGROUND, PREEXEC, REPO_ROOT, background
 
 from torchnotes.curriculum import TOPICS, notes
 
@@ -89,7 +89,8 @@ def _start_commands(folder):
     for i, (cmd, (argv, cwd, env)) in enumerate(argvs.items()):
         out, err = folder / f"{i}.out", folder / f"{i}.err"
         with open(out, "w") as o, open(err, "w") as e:
-            started[cmd] = (subprocess.Popen(argv, cwd=cwd, env=env, stdout=o, stderr=e),
+            started[cmd] = (subprocess.Popen(argv, cwd=cwd, env=env, stdout=o, stderr=e,
+                                             preexec_fn=PREEXEC),
                             out, err)
     return started, [proc for proc, _, _ in started.values()]
 

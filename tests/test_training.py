@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKGROUND, FORK, background
 from tb_events import merged
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -49,7 +48,7 @@ def engine(train01):
     return model
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")       # session: the kill test, run last, compares with it
 def finished(tmp_path_factory):
     """One finished smoke run of training/01 (copied by the tests that change it).
 
@@ -251,106 +250,92 @@ def test_data_real_with_smoke_says_it_was_overridden(engine, capsys):
 
 
 # --- exact resume for real: SIGKILL, then --resume -------------------------------------------
+#
+# A background job (tests/conftest.py) forked at the start of the session: it trains three
+# smoke runs of 01 (forks too, one intra-op thread each, like `finished`), SIGKILLs them at a
+# random moment of epoch 2 (a random fraction of half of epoch 1's time after it ends) and
+# inside save 2, before its checksum and before the rename, then resumes each with --resume.
+# The test below compares their ends with `finished`.
 
-def _child(out_dir, pause: str = "") -> subprocess.Popen:
-    from conftest import REPO_ROOT
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop(PAUSE_ENV_VAR, None)
-    env.update({PAUSE_ENV_VAR: pause} if pause else {})
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / "training" / "01_train.py"), *SMOKE,
-                             "--out-dir", str(out_dir)], env=env, cwd=out_dir.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(stream, text: str) -> None:
-    seen = []
-    for line in iter(stream.readline, ""):
-        seen.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"{text!r} never appeared; got: {''.join(seen)[-2000:]}")
+KILLS = {"at random": "", "in save 2, before its checksum": "2:60:before_sidecar",
+         "in save 2, before the rename": "2:60:before_replace"}
 
 
-def test_killed_runs_resume_bit_identical(train01, finished, tmp_path, capsys, one_thread,
-                                          monkeypatch):
-    """Three children (one intra-op thread, like the reference) are killed with SIGKILL: at a
-    random moment after epoch 1, and inside save 2 before its checksum and before the rename.
-    (The note's own replay claim is skipped here: other tests run it.)"""
-    monkeypatch.setattr(train01, "step_4_resume_is_exact", lambda *a, **k: 0)
+def _kill_and_resume(folder, fraction: float) -> None:
+    """The background job: kill three runs of 01 (SIGKILL), check what they left, resume them."""
+    from conftest import REPO_ROOT, ForkedJob, import_note
+
+    from torchnotes import checkpoint
+
+    train01 = import_note(REPO_ROOT / "training" / "01_train.py")
+    train01.step_4_resume_is_exact = lambda *a, **k: 0      # its own test runs it
+
+    def run(out, pause: str, *extra):
+        def target():
+            checkpoint._saves = 0                           # counted per process: a new one
+            os.environ.pop(PAUSE_ENV_VAR, None)
+            os.environ.update({PAUSE_ENV_VAR: pause} if pause else {})
+            train01.main([*SMOKE, "--out-dir", str(out), *extra])
+        return target
+
+    outs = [folder / f"kill{i}" for i in range(len(KILLS))]
+    jobs = [ForkedJob(run(out, pause), folder / f"kill{i}.log")
+            for i, (out, pause) in enumerate(zip(outs, KILLS.values(), strict=True))]
+    for job, pause in zip(jobs, KILLS.values(), strict=True):
+        if pause:
+            job.wait_for("paused")                     # the child sits inside atomic_save
+        else:
+            job.wait_for("model:")                     # printed as training starts
+            started = time.monotonic()
+            job.wait_for("epoch 1:")                   # epoch 1 is saved; epoch 2 starts
+            delay = fraction * 0.5 * (time.monotonic() - started)   # inside epoch 2, at random
+            time.sleep(delay)
+            (folder / "delay").write_text(f"{delay:.2f}")
+        job.kill()                                          # SIGKILL: no cleanup, no flush
+        job.wait()
+    for out in outs:
+        for path in out.glob("moli_epoch_*.pth"):           # whatever has a final name loads
+            load_checkpoint(path)
+    resumes = [ForkedJob(run(out, "", "--resume"), folder / f"resume{i}.log")
+               for i, out in enumerate(outs)]
+    for i, job in enumerate(resumes):
+        assert job.wait(timeout=300) == 0, f"resume {i} failed:\n{job.log.read_text()}"
+
+
+def _start_kill_runs(folder):
+    from conftest import ForkedJob
+
     seed = int(os.environ.get("RESUME_TEST_SEED", time.time_ns() % 10_000))
-    delay = round(random.Random(seed).uniform(0.0, 1.5), 2)
-    kills = {f"at random (seed {seed}), {delay} s after epoch 1": "",   # first: timed live
-             "in save 2, before its checksum": "2:60:before_sidecar",
-             "in save 2, before the rename": "2:60:before_replace"}
-    children = {}
-    for i, (name, pause) in enumerate(kills.items()):
-        (tmp_path / f"kill{i}").mkdir()
-        children[name] = (tmp_path / f"kill{i}", _child(tmp_path / f"kill{i}", pause))
+    fraction = random.Random(seed).random()
+    job = ForkedJob(lambda: _kill_and_resume(folder, fraction), folder / "kill_and_resume.log")
+    return dict(folder=folder, job=job, seed=seed), [job]
+
+
+if FORK:
+    BACKGROUND["kill_runs"] = _start_kill_runs
+
+
+@pytest.fixture(scope="module")
+def kill_runs():
+    return background("kill_runs")
+
+
+@pytest.mark.skipif(not FORK, reason="kills forked runs; this platform has no os.fork")
+def test_killed_runs_resume_bit_identical(finished, kill_runs, capsys):
+    folder, job = kill_runs["folder"], kill_runs["job"]
+    assert job.wait(timeout=600) == 0, job.log.read_text()
     reference = _tensors(load_checkpoint(finished[0] / "moli_epoch_2.pth"))
     report = []
-
-    def kill(name, child):
-        if kills[name]:
-            _wait_for(child.stderr, "paused")            # the child sits inside atomic_save
-        else:
-            _wait_for(child.stdout, "epoch 1:")          # epoch 1 is saved; epoch 2 starts
-            time.sleep(delay)
-        child.kill()                                     # SIGKILL: no cleanup, no flush
-        child.wait()
-
-    def resume(name, out):
-        """Resume in this process; return what it printed."""
-        for path in out.glob("moli_epoch_*.pth"):        # whatever is under a final name loads
-            load_checkpoint(path)
-        capsys.readouterr()
-        train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
-        return capsys.readouterr().out
-
-    def resume_forked(name, out):
-        """Resume in a forked copy of this process (one core each; Linux only)."""
-        for path in out.glob("moli_epoch_*.pth"):
-            load_checkpoint(path)
-        log = out.parent / f"{out.name}.log"
-
-        def run():
-            with open(log, "w") as f:
-                sys.stdout = f
-                train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
-
-        proc = multiprocessing.get_context("fork").Process(target=run)
-        proc.start()
-
-        def printed():
-            proc.join(timeout=300)
-            assert proc.exitcode == 0, f"{name}: the forked resume failed: {log.read_text()}"
-            return log.read_text()
-        return printed
-
-    def check(name, out, printed):
+    for i, name in enumerate(KILLS):
+        if not KILLS[name]:
+            delay = (folder / "delay").read_text()
+            name += f" (seed {kill_runs['seed']}), {delay} s after epoch 1"
+        printed = (folder / f"resume{i}.log").read_text(encoding="utf-8")
         start = [ln for ln in printed.splitlines() if ln.startswith("--resume:")][0]
-        report.append(f"killed {name}: {start.replace(str(out), '<out>')}")
-        final = _tensors(load_checkpoint(out / "moli_epoch_2.pth"))
+        report.append(f"killed {name}: {start.replace(str(folder / f'kill{i}'), '<out>')}")
+        final = _tensors(load_checkpoint(folder / f"kill{i}" / "moli_epoch_2.pth"))
         assert len(final) == len(reference)
         assert all(map(torch.equal, final, reference)), f"{name}: not bit-identical"
-
-    (first, (first_out, first_child)), *paused = children.items()
-    try:
-        kill(first, first_child)
-        check(first, first_out, resume(first, first_out))   # while the others train on
-        for name, (_, child) in paused:
-            kill(name, child)
-        (name_a, (out_a, _)), (name_b, (out_b, _)) = paused
-        if sys.platform == "linux":                  # the last two side by side
-            printed_b = resume_forked(name_b, out_b)
-            check(name_a, out_a, resume(name_a, out_a))
-            check(name_b, out_b, printed_b())
-        else:
-            check(name_a, out_a, resume(name_a, out_a))
-            check(name_b, out_b, resume(name_b, out_b))
-    finally:
-        for _, child in children.values():
-            child.kill()
     with capsys.disabled():
         print("\n" + "\n".join(report))
     assert sum("continuing from moli_epoch_1.pth" in r for r in report) >= 2   # mid-run resumes
