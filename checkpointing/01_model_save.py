@@ -18,11 +18,12 @@ Claims proven:
      b. a model whose class was defined in the saving script (``__main__``) cannot be loaded
         by another program even with the full unpickler: pickle stored ``__main__.TinyNet``
         and that program's ``__main__`` has no ``TinyNet`` (``AttributeError``). Shown for
-        real with two isolated Python processes; the bytes go through a pipe, never a file.
+        real with two isolated Python processes started side by side, like ``saver | loader``
+        in a shell: the bytes go through the pipe, never a file.
   4. The fix: rebuild the class here and load the state_dict; the outputs match the saving
      program's exactly.
 
-Run:  python checkpointing/01_model_save.py      (8 s measured on a 2-core CPU: two subprocesses)
+Run:  python checkpointing/01_model_save.py      (7 s measured on a 2-core CPU: two subprocesses)
 Then: python checkpointing/02_model_load.py      (loads these files; see that note)
 """
 
@@ -89,17 +90,44 @@ torch.save({"x": x, "y": model(x).detach()}, sys.argv[2])
 LOADER = """
 import io, runpy, sys
 load_trusting = runpy.run_path(sys.argv[1])["load_trusting"]
-load_trusting(io.BytesIO(sys.stdin.buffer.read()), "cpu")
+data = sys.stdin.buffer.read()
+print(len(data), flush=True)
+load_trusting(io.BytesIO(data), "cpu")
 """
 TRUSTING = Path(__file__).resolve().parent / "02_model_load.py"
 
 
-def run_isolated(code: str, *args: str, stdin: bytes | None = None):
-    """``python -I -c code``: no PYTHON* variables, no user site, no current folder on sys.path,
-    run from an empty temp folder, so nothing planted in --out-dir (a torch.py) is imported."""
+def isolated(code: str, *args: str) -> list[str]:
+    """``python -I -c code``: no PYTHON* variables, no user site, no current folder on sys.path;
+    run it from an empty folder, so nothing planted in --out-dir (a torch.py) is imported."""
+    return [sys.executable, "-I", "-c", code, *args]
+
+
+def saver_to_loader(paths: list[Path]) -> tuple[int, str]:
+    """``python -I -c SAVER | python -I -c LOADER``, both started at once, as a shell pipe would.
+    Returns the loader's exit code and the last line of its errors."""
+    pipe = subprocess.PIPE
     with tempfile.TemporaryDirectory() as empty:
-        return subprocess.run([sys.executable, "-I", "-c", code, *args], cwd=empty,
-                              input=stdin, capture_output=True, timeout=120)
+        saver = subprocess.Popen(isolated(SAVER, *map(str, paths)), cwd=empty, stdout=pipe,
+                                 stderr=pipe)
+        loader = subprocess.Popen(isolated(LOADER, str(TRUSTING)), cwd=empty, stdin=saver.stdout,
+                                  stdout=pipe, stderr=pipe)
+        saver.stdout.close()                          # the loader reads it now
+        saver.stdout = None
+        try:
+            out, err = loader.communicate(timeout=120)
+            saver_err = saver.communicate(timeout=120)[1].decode()
+        except subprocess.TimeoutExpired:
+            saver.kill(), loader.kill()
+            raise NoteError("the saving and loading programs did not finish in 120 s") from None
+        if saver.returncode != 0:
+            raise NoteError(f"the saving program failed: {saver_err[-300:]}"
+                            f" (the loading program said: {err.decode()[-300:]})")
+    last = (err.decode().strip().splitlines() or ["(no error)"])[-1]
+    first = out.decode().split()[:1]
+    size = f"{int(first[0]):,}" if first and first[0].isdigit() else "?"
+    print(f"another program loading the whole TinyNet ({size} bytes): {last}")
+    return loader.returncode, last
 
 
 class TinyNet(nn.Module):
@@ -175,14 +203,9 @@ def step_3_whole_model_trap(whole: Path, out_dir: Path, overwrite: bool,
     # b. A class defined in the saving script's __main__: another program cannot rebuild it.
     paths = [writable_file(out_dir / n, overwrite=overwrite)
              for n in ("tiny_state_dict.pth", "tiny_io.pth")]
-    saver = run_isolated(SAVER, *map(str, paths))
-    if saver.returncode != 0:
-        raise NoteError(f"the saving program failed: {saver.stderr.decode()[-300:]}")
-    loader = run_isolated(LOADER, str(TRUSTING), stdin=saver.stdout)
-    last = (loader.stderr.decode().strip().splitlines() or ["(no error)"])[-1]
-    print(f"another program loading the whole TinyNet ({len(saver.stdout):,} bytes): {last}")
+    code, last = saver_to_loader(paths)
     check("...and another program fails on the missing class __main__.TinyNet, even with the "
-          "full unpickler", loader.returncode != 0 and last.startswith("AttributeError")
+          "full unpickler", code != 0 and last.startswith("AttributeError")
           and "TinyNet" in last and "__main__" in last)
     return dict(paths=paths, errors={"default": refused.splitlines()[0], "other_program": last})
 

@@ -32,7 +32,7 @@ def load(note):
 
 
 def _skip_trap(mod, monkeypatch):
-    # Step 3 starts two Python subprocesses (~4 s); test_01_whole_model_trap runs them for real.
+    # Step 3 starts two Python subprocesses (~3 s); the smoke run of 01 runs them for real.
     monkeypatch.setattr(mod, "step_3_whole_model_trap",
                         lambda *a, **k: {"errors": {}, "paths": [None] * 2})
     monkeypatch.setattr(mod, "step_4_fix_rebuild_the_class", lambda *a, **k: 0.0)
@@ -49,16 +49,18 @@ def test_finding_2_01s_children_import_nothing_planted(save, tmp_path, monkeypat
         (folder / "torch.py").write_text(planted)
     monkeypatch.setenv("PYTHONPATH", str(elsewhere))
     monkeypatch.chdir(out_dir)
-    child = save.run_isolated("import sys; import planted")
-    assert b"ModuleNotFoundError: No module named 'planted'" in child.stderr
-    assert child.returncode != 0 and not sentinel.exists()
+    monkeypatch.setattr(save, "SAVER", "import sys; import planted")   # the loader imports torch
+    with pytest.raises(NoteError, match="(?s)saving program failed: .*No module named 'planted'"):
+        save.saver_to_loader([out_dir / "state.pth", out_dir / "io.pth"])
+    assert not sentinel.exists()
     control = subprocess.run([sys.executable, "-c", "import planted"], cwd=out_dir)
     assert control.returncode == 0 and sentinel.exists()    # without -I it would have run
 
 
 def test_01_claim_fails_when_the_other_program_can_load_it(save, tmp_path, monkeypatch):
-    fake = subprocess.CompletedProcess([], 0, stdout=b"bytes", stderr=b"")   # both succeed
-    monkeypatch.setattr(save, "run_isolated", lambda *a, **k: fake)
+    # two programs without torch (fast): the loading one reads the bytes and does not fail
+    monkeypatch.setattr(save, "SAVER", "import sys; sys.stdout.buffer.write(bytes(100))")
+    monkeypatch.setattr(save, "LOADER", "import sys; print(len(sys.stdin.buffer.read()))")
     whole = tmp_path / "whole.pth"
     torch.save(save.build_model(), whole)
     with pytest.raises(ClaimError, match="another program fails on the missing class"):
