@@ -58,7 +58,7 @@ from torchnotes.datasets import add_data_args
 # None = the whole split: 10,000 train / 2,000 test images of the stand-in.
 FULL = dict(train_size=None, test_size=None, epochs=3, batch_size=64, lr=1e-3,
             min_accuracy=0.90)
-SMOKE = dict(train_size=1_000, test_size=500, epochs=2, batch_size=64, lr=1e-3,
+SMOKE = dict(train_size=512, test_size=256, epochs=2, batch_size=32, lr=1e-3,
              min_accuracy=0.30)
 # Real CIFAR-10 is much harder than the stand-in: the spec's 10 epochs, a lower bar.
 REAL = dict(FULL, epochs=10, min_accuracy=0.40)

@@ -50,7 +50,7 @@ from torchnotes.datasets import add_data_args
 # None = the whole split: 10,000 train / 2,000 test images of the stand-in.
 FULL = dict(train_size=None, test_size=None, epochs=2, batch_size=64, lr=1e-3,
             compare_steps=5, log_every=20, min_accuracy=0.80)
-SMOKE = dict(train_size=1_000, test_size=500, epochs=2, batch_size=64, lr=1e-3,
+SMOKE = dict(train_size=512, test_size=256, epochs=2, batch_size=32, lr=1e-3,
              compare_steps=3, log_every=4, min_accuracy=0.30)
 REAL = dict(FULL, min_accuracy=0.35)       # real CIFAR-10 is much harder than the stand-in
 SAME_DEVICE_RTOL, CROSS_DEVICE_RTOL = 1e-3, 5e-3   # a GPU vs itself, a GPU vs the CPU
