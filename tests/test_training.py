@@ -281,25 +281,29 @@ def _kill_and_resume(folder, fraction: float) -> None:
     outs = [folder / f"kill{i}" for i in range(len(KILLS))]
     jobs = [ForkedJob(run(out, pause), folder / f"kill{i}.log")
             for i, (out, pause) in enumerate(zip(outs, KILLS.values(), strict=True))]
-    for job, pause in zip(jobs, KILLS.values(), strict=True):
-        if pause:
-            job.wait_for("paused")                     # the child sits inside atomic_save
-        else:
-            job.wait_for("model:")                     # printed as training starts
-            started = time.monotonic()
-            job.wait_for("epoch 1:")                   # epoch 1 is saved; epoch 2 starts
-            delay = fraction * 0.5 * (time.monotonic() - started)   # inside epoch 2, at random
-            time.sleep(delay)
-            (folder / "delay").write_text(f"{delay:.2f}")
-        job.kill()                                          # SIGKILL: no cleanup, no flush
-        job.wait()
+    try:
+        for job, pause in zip(jobs, KILLS.values(), strict=True):
+            if pause:
+                job.wait_for("paused")                      # the child sits in atomic_save
+            else:
+                job.wait_for("model:")                      # printed as training starts
+                started = time.monotonic()
+                job.wait_for("epoch 1:")                    # epoch 1 saved; epoch 2 starts
+                delay = fraction * 0.5 * (time.monotonic() - started)   # in epoch 2, at random
+                time.sleep(delay)
+                (folder / "delay").write_text(f"{delay:.2f}")
+            job.kill()                                      # SIGKILL: no cleanup, no flush
+            job.wait()
+    finally:
+        for job in jobs:                                    # none outlives a failure here
+            job.kill()
     for out in outs:
         for path in out.glob("moli_epoch_*.pth"):           # whatever has a final name loads
             load_checkpoint(path)
     resumes = [ForkedJob(run(out, "", "--resume"), folder / f"resume{i}.log")
                for i, out in enumerate(outs)]
     for i, job in enumerate(resumes):
-        assert job.wait(timeout=300) == 0, f"resume {i} failed:\n{job.log.read_text()}"
+        assert job.wait(timeout=300) == 0, f"resume {i} failed:\n{job.read_log()}"
 
 
 def _start_kill_runs(folder):
