@@ -46,11 +46,12 @@ def test_finding_2_01s_children_import_nothing_planted(save, tmp_path, monkeypat
     for folder in (out_dir, elsewhere):
         folder.mkdir()
         (folder / "planted.py").write_text(planted)
-        (folder / "torch.py").write_text(planted)
     monkeypatch.setenv("PYTHONPATH", str(elsewhere))
     monkeypatch.chdir(out_dir)
-    monkeypatch.setattr(save, "SAVER", "import sys; import planted")   # the loader imports torch
-    with pytest.raises(NoteError, match="(?s)saving program failed: .*No module named 'planted'"):
+    monkeypatch.setattr(save, "SAVER", "import planted")                 # both programs try
+    monkeypatch.setattr(save, "LOADER", "import sys; sys.stdin.read(); import planted")
+    with pytest.raises(NoteError, match="(?s)saving program failed: .*No module named 'planted'"
+                                        ".*loading program said: .*No module named 'planted'"):
         save.saver_to_loader([out_dir / "state.pth", out_dir / "io.pth"])
     assert not sentinel.exists()
     control = subprocess.run([sys.executable, "-c", "import planted"], cwd=out_dir)
