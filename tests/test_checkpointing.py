@@ -250,18 +250,27 @@ def test_03_looks_for_weights_in_torch_hub_cache(note, tmp_path, monkeypatch):
     assert mod.cached_weights_file() == tmp_path / "checkpoints" / "vgg16-397923af.pth"
 
 
-def test_03_claim_fails_when_the_optimiser_gets_every_parameter(note, monkeypatch):
+@pytest.fixture(scope="module")
+def random_vgg16():
+    """One randomly initialised VGG16 for the tests that change a copy (138 M parameters take
+    about a second to initialise; a copy a fifth of that)."""
+    from conftest import REPO_ROOT, import_note
+
+    return import_note(REPO_ROOT / "checkpointing/03_model_pretrained.py").vgg16(weights=None)
+
+
+def test_03_claim_fails_when_the_optimiser_gets_every_parameter(note, monkeypatch, random_vgg16):
     mod = note("checkpointing/03_model_pretrained.py")
-    vgg = mod.vgg16(weights=None)
+    vgg = copy.deepcopy(random_vgg16)
     vgg.classifier[6] = nn.Linear(4096, 10)
     monkeypatch.setattr(mod, "filter", lambda keep, params: params, raising=False)
     with pytest.raises(ClaimError, match="optimiser holds exactly the classifier's"):
         mod.step_4_freeze_features(vgg, torch.rand(1, 3, 32, 32))
 
 
-def test_03_claim_fails_when_the_head_is_not_at_index_6(note):
+def test_03_claim_fails_when_the_head_is_not_at_index_6(note, random_vgg16):
     mod = note("checkpointing/03_model_pretrained.py")
-    vgg = mod.vgg16(weights=None)
+    vgg = copy.deepcopy(random_vgg16)
     vgg.classifier.append(nn.Identity())                  # one more layer after the head
     with pytest.raises(ClaimError, match="head is classifier\\[6\\]"):
         mod.step_2_add_module(vgg, torch.rand(1, 3, 32, 32))
