@@ -62,7 +62,7 @@ def note():
 # instead of one core idling while a test waits.
 
 FORK = hasattr(os, "fork")      # POSIX; Windows has no fork
-NICE = 10                       # background jobs yield the CPU to the in-process tests
+NICE = 19                       # background jobs yield the CPU to the in-process tests
 
 
 def yield_cpu() -> None:
