@@ -123,3 +123,16 @@ def test_fast_loop_stays_within_2_points_of_the_plain_loop(note, tmp_path):
         plain_acc = (model(imgs).argmax(1) == targets).float().mean().item()
     print(f"fast {fast_acc:.1%} vs plain {plain_acc:.1%}")
     assert fast_acc >= plain_acc - 0.02, (fast_acc, plain_acc)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "nan"], "--lr nan: expected a positive number"),
+    (["--lr", "inf"], "--lr inf: expected a positive number"),
+    (["--epochs", "0"], "--epochs 0: expected a positive number"),
+    (["--batch-size", "1025"], "--batch-size 1025: larger than the 1,024 training images"),
+])
+def test_fast_note_names_a_bad_flag(note, tmp_path, capsys, flags, message):
+    """A value that would crash mid-run (no full batch: nothing to stack) stops at the start."""
+    with pytest.raises(SystemExit) as exc:
+        note(FAST).main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path), *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -29,6 +29,7 @@ Run:  python training/05_train_fast.py                 (about 10 s on a 2-core C
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -225,12 +226,15 @@ def main(argv=None) -> dict:
     cfg = dict(SMOKE if args.smoke else FULL)
     for key in ("batch_size", "lr", "epochs"):
         value = getattr(args, key)
-        if value is not None and value <= 0:
+        if value is not None and not 0 < value < math.inf:          # also refuses nan
             parser.error(f"--{key.replace('_', '-')} {value}: expected a positive number")
         cfg[key] = cfg[key] if value is None else value
     gen = torch.Generator(device=device).manual_seed(args.seed)
     splits, real = load_uint8(args, cfg, device)
     x_tr = splits[0][0]
+    if cfg["batch_size"] > len(x_tr):                    # full batches only: none would run
+        parser.error(f"--batch-size {cfg['batch_size']}: larger than the {len(x_tr):,} "
+                     f"training images; expected at most {len(x_tr):,}")
     # Augmentation regularises: it pays off over many epochs on real photos. The stand-in's
     # test images come from the same generator as its train images, so in 2 epochs it only
     # slows fitting (measured, full preset: 92.2% with it, 96.4% without).
