@@ -199,6 +199,15 @@ def _ring_worker(rank: int, n: int, rendezvous: str, folder: str, note_ring) -> 
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("size", ["0", "5", "65"])
+def test_a_world_size_that_cannot_split_the_batch_is_a_flag_error(adv, tmp_path, capsys, size):
+    """0 once fell back to the default silently; 5 does not divide the smoke batch of 12."""
+    with pytest.raises(SystemExit):
+        adv.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path), "--world-size", size])
+    assert (f"--world-size {size}: expected one of 2, 3, 4, 6, 12 (2 to 64 processes that "
+            f"divide the batch of 12 evenly)") in capsys.readouterr().err
+
+
 def test_ring_all_reduce_equals_dist_all_reduce_and_a_slip_is_caught(adv, tmp_path):
     import torch.multiprocessing as mp
 

@@ -259,11 +259,13 @@ def main(argv=None) -> dict:
                         help="processes to spawn (default: 4, smoke: 2)")
     args, device = start(parser, argv)
     cfg = dict(SMOKE if args.smoke else FULL)
-    cfg["world_size"] = args.world_size or cfg["world_size"]
+    if args.world_size is not None:
+        cfg["world_size"] = args.world_size
     n = cfg["world_size"]
     if not 2 <= n <= 64 or cfg["batch"] % n:
-        parser.error(f"--world-size {n}: expected 2 to 64, dividing the batch of "
-                     f"{cfg['batch']}")
+        sizes = [k for k in range(2, 65) if cfg["batch"] % k == 0]
+        parser.error(f"--world-size {n}: expected one of {', '.join(map(str, sizes))} "
+                     f"(2 to 64 processes that divide the batch of {cfg['batch']} evenly)")
     backend = pick_backend(device, n)
     print(f"spawning {n} processes | backend: {backend} | 127.0.0.1 only")
     results = run_workers(cfg, backend, args.out_dir)
