@@ -49,7 +49,15 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from torchnotes import NoteError, check, check_raises, make_parser, prepare_out_dir, start
+from torchnotes import (
+    NoteError,
+    check,
+    check_raises,
+    make_parser,
+    output_file,
+    prepare_out_dir,
+    start,
+)
 from torchnotes.checkpoint import load_weights
 from torchnotes.datasets import DOWNLOAD_TIMEOUT_S, short_reason, socket_timeout
 
@@ -194,7 +202,7 @@ def step_4_freeze_features(vgg: nn.Module, x: torch.Tensor) -> dict:
 
 def step_5_refuse_a_planted_file(out_dir: Path) -> str:
     """A file under the published name whose bytes are not the published ones: never loaded."""
-    planted = out_dir / f"planted-{cached_weights_file().name}"
+    planted = output_file(out_dir, f"planted-{cached_weights_file().name}")
     torch.save({"classifier.6.weight": torch.zeros(1000, 4096)}, planted)   # loads fine...
     return check_raises("a weights file whose SHA-256 does not match is refused, unread",
                         NoteError, load_cached_weights, planted, match="not loaded")

@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 from torchvision.utils import save_image
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, make_parser, output_file, start
 from torchnotes.datasets import (
     add_data_args,
     data_source,
@@ -133,6 +133,7 @@ def main(argv=None) -> dict:
     batch = torch.stack([transforms.ToTensor()(p) for p in small])   # (N, 3, S, S) in [0, 1]
     first = np.array(small[0])                                    # (S, S, 3) uint8: the bytes
 
+    grid_path = output_file(args.out_dir, "batch_grid.png")    # a preview: replaced each run
     log_dir = fresh_folder(args.out_dir / "logs")              # replaces an earlier run's logs
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         results = {
@@ -140,7 +141,6 @@ def main(argv=None) -> dict:
             "image_steps": step_2_images(writer, log_dir, pictures),
             "tensorboard_grid": step_3_batch_grid(writer, log_dir, batch, first),
         }
-    grid_path = args.out_dir / "batch_grid.png"                # a preview: replaced each run
     results["png_grid"] = step_4_png_grid(batch, grid_path, first)
     results["log_dir"] = log_dir
     print(f"summary: logs in {log_dir} (view: tensorboard --logdir {log_dir}); "

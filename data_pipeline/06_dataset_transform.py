@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 from torchvision.utils import save_image
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, make_parser, output_file, start
 from torchnotes.datasets import (
     SyntheticCIFAR10,
     add_data_args,
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
                                     seed=args.seed)
     print(f"train: {len(train_set)} images, test: {len(test_set)} images")
     log_dir = fresh_folder(args.out_dir / "logs")              # replaces an earlier run's logs
-    grid_path = args.out_dir / "test_set_grid.png"
+    grid_path = output_file(args.out_dir, "test_set_grid.png")  # a preview: replaced each run
     results = {
         "sizes": (len(train_set), len(test_set)),
         "items_checked": step_1_to_tensor_items(test_set, cfg["items"]),

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, make_parser, output_folder, start
 from torchnotes.datasets import (
     SyntheticCIFAR10,
     add_data_args,
@@ -107,7 +107,7 @@ def step_4_over_the_loader(moli: Moli, loader, device, max_steps: int, out_dir) 
     lo, hi = 0.5, 1 / (1 + math.exp(-1))                    # sigmoid(0), sigmoid(1)
     identity = in_range = dark_exact = True
     zeroed = seen = 0
-    with SummaryWriter(str(out_dir / "tb")) as writer:
+    with SummaryWriter(str(output_folder(out_dir, "tb"))) as writer:
         for step, (imgs, _) in enumerate(loader):           # imgs: (B, 3, 32, 32) in [0, 1]
             if step == max_steps:
                 break

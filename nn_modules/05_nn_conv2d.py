@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, make_parser, output_folder, start
 from torchnotes.datasets import (
     SyntheticCIFAR10,
     add_data_args,
@@ -103,7 +103,7 @@ def to_pictures(output: torch.Tensor) -> torch.Tensor:
 
 def step_4_over_the_loader(moli: Moli, loader, device, max_steps: int, out_dir) -> dict:
     shapes_ok = regrouped = True
-    with SummaryWriter(str(out_dir / "tb")) as writer:
+    with SummaryWriter(str(output_folder(out_dir, "tb"))) as writer:
         for step, (imgs, _) in enumerate(loader):         # imgs: (B, 3, 32, 32)
             if step == max_steps:
                 break

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, make_parser, output_folder, start
 from torchnotes.datasets import (
     SyntheticCIFAR10,
     add_data_args,
@@ -174,7 +174,7 @@ def step_4_parameter_count(model: Moli) -> int:
 
 
 def step_5_graph_to_tensorboard(model: Moli, x: torch.Tensor, out_dir) -> None:
-    with SummaryWriter(str(out_dir / "tb")) as writer, warnings.catch_warnings():
+    with SummaryWriter(str(output_folder(out_dir, "tb"))) as writer, warnings.catch_warnings():
         # add_graph traces the model with torch.jit.trace, which now warns that it is
         # deprecated; the graph it writes is still what TensorBoard shows. Silence only that.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")

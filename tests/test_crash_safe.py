@@ -17,7 +17,15 @@ import torch
 from conftest import FORK, ForkedJob
 from torch import nn
 
-from torchnotes import NoteError, checkpoint, prepare_out_dir, start
+from torchnotes import (
+    NoteError,
+    checkpoint,
+    output_file,
+    output_folder,
+    prepare_out_dir,
+    start,
+    writable_file,
+)
 from torchnotes.checkpoint import (
     PAUSE_ENV_VAR,
     CheckpointError,
@@ -26,6 +34,7 @@ from torchnotes.checkpoint import (
     latest_valid,
     load_checkpoint,
     load_weights,
+    resume_or_start,
     rng_state,
     set_rng_state,
     sidecar,
@@ -174,6 +183,112 @@ def test_finding_7_out_dir_errors_are_one_line(tmp_path, monkeypatch):
             prepare_out_dir(path)
         assert str(path) in str(err.value) and "--out-dir NEW_DIR" in str(err.value)
         assert "\n" not in str(err.value)
+
+
+def test_every_note_refuses_a_bad_out_dir_before_any_work(tmp_path, monkeypatch, capsys):
+    """start() checks --out-dir for every note: notes that write late (a PNG after training,
+    TensorBoard logs) once crashed there with a raw NotADirectoryError or FileExistsError."""
+    from conftest import import_note
+
+    from torchnotes.curriculum import notes
+
+    monkeypatch.delenv("TORCHNOTES_RUNS", raising=False)
+    (tmp_path / "file").write_text("x")
+    bad = {tmp_path / "file": "is a file; expected a folder",
+           tmp_path / "file" / "sub": "goes through a file where a folder is expected"}
+    for item in notes():
+        module = import_note(item.path)
+        for path, expected in bad.items():
+            with pytest.raises(NoteError, match=expected):
+                module.main(["--smoke", "--device", "cpu", "--out-dir", str(path)])
+            printed = capsys.readouterr().out
+            assert "✓" not in printed, (item.name, printed)       # stopped before any claim
+    assert (tmp_path / "file").read_text() == "x" and sorted(tmp_path.iterdir()) == [
+        tmp_path / "file"]
+
+
+def test_the_start_check_creates_nothing(tmp_path, monkeypatch):
+    parser = make_parser(str(REPO_ROOT / "autograd" / "00_x.py"), "doc")
+    start(parser, ["--device", "cpu", "--out-dir", str(tmp_path / "new" / "sub")])
+    assert not (tmp_path / "new").exists()        # a note that writes nothing leaves nothing
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)         # as for a read-only disk
+    with pytest.raises(NoteError, match=r"--out-dir .*new/sub is not writable"):
+        start(parser, ["--device", "cpu", "--out-dir", str(tmp_path / "new" / "sub")])
+
+
+# ---- crafted entries inside --out-dir: refused by name, never removed, never written through --
+
+def _crafted(tmp_path) -> Path:
+    out = tmp_path / "out"
+    (out / "grid.png").mkdir(parents=True)
+    (out / "grid.png" / "mine.txt").write_text("keep")            # a folder where a file goes
+    (out / "tb").write_text("keep")                                # a file where a folder goes
+    (tmp_path / "elsewhere.txt").write_text("keep")
+    try:
+        (out / "linked.png").symlink_to(tmp_path / "elsewhere.txt")    # a link to a file
+    except OSError:                        # Windows without the symlink privilege
+        pytest.skip("this account cannot make symbolic links")
+    return out
+
+
+def test_output_paths_refuse_the_other_kind_and_links(tmp_path):
+    out = _crafted(tmp_path)
+    with pytest.raises(NoteError, match=r"grid.png is a folder; this note writes a file"):
+        output_file(out, "grid.png")
+    with pytest.raises(NoteError, match=r"linked.png is a link; this note writes a file"):
+        output_file(out, "linked.png")
+    with pytest.raises(NoteError, match=r"tb is a file \(or a broken link\); this note writes a "
+                                        r"folder"):
+        output_folder(out, "tb")
+    for name in ("grid.png", "linked.png"):
+        with pytest.raises(NoteError, match=f"{name} is a"):
+            writable_file(out / name, overwrite=True)      # --overwrite replaces files only
+    with pytest.raises(NoteError, match=r"tb is a file where a folder is expected"):
+        writable_file(out / "tb" / "model.pth")
+    assert (out / "grid.png" / "mine.txt").read_text() == "keep"
+    assert (out / "tb").read_text() == (tmp_path / "elsewhere.txt").read_text() == "keep"
+    assert output_file(out, "new.png") == out / "new.png" and output_folder(out, "logs").is_dir()
+
+
+def test_resume_or_start_refuses_a_folder_named_like_a_checkpoint(tmp_path):
+    (tmp_path / "moli_epoch_1.pth").mkdir()
+    (tmp_path / "moli_epoch_1.pth" / "mine.txt").write_text("keep")
+    for flags in (dict(resume=False, overwrite=True), dict(resume=True, overwrite=False)):
+        with pytest.raises(NoteError, match=r"moli_epoch_1.pth is a folder where this run keeps"):
+            resume_or_start(tmp_path, pattern="moli_epoch_*.pth", **flags)
+    assert (tmp_path / "moli_epoch_1.pth" / "mine.txt").read_text() == "keep"
+    (tmp_path / "moli_epoch_1.pth" / "mine.txt").unlink()
+    (tmp_path / "moli_epoch_1.pth").rmdir()
+    (tmp_path / "tensorboard").write_text("keep")
+    with pytest.raises(NoteError, match=r"tensorboard is a file where this run writes its "
+                                        r"tensorboard folder"):
+        resume_or_start(tmp_path, resume=False, overwrite=True, extra=("tensorboard",))
+    assert (tmp_path / "tensorboard").read_text() == "keep"
+
+
+@pytest.mark.parametrize("rel,name,kind", [
+    ("advanced/generative_models/01_vae_basics.py", "vae_grid.png", "folder"),
+    ("advanced/generative_models/03_gan_training.py", "gan_modes.png", "folder"),
+    ("data_pipeline/05_tensorboard_basics.py", "batch_grid.png", "folder"),
+    ("nn_modules/02_nn_relu.py", "tb", "file"),
+    ("data_pipeline/01_read_data.py", "stand-in-data", "file"),
+    ("training/01_train.py", "tensorboard", "file"),
+    ("training/01_train.py", "moli_epoch_2.pth.sha256", "folder"),
+])
+def test_notes_refuse_a_crafted_entry_and_leave_it(note, tmp_path, rel, name, kind):
+    """These once ended in IsADirectoryError/NotADirectoryError tracebacks, the PNG notes after
+    all their training; now each names the entry, most before any work, and leaves it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "folder":
+        (out / name).mkdir()
+        (out / name / "mine.txt").write_text("keep")
+    else:
+        (out / name).write_text("keep")
+    with pytest.raises(NoteError, match=f"{name} is a"):
+        note(rel).main(["--smoke", "--device", "cpu", "--out-dir", str(out)])
+    kept = out / name / "mine.txt" if kind == "folder" else out / name
+    assert kept.read_text() == "keep"
 
 
 def _deny_writes(monkeypatch, folder: Path):

@@ -326,6 +326,14 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
     if resume and overwrite:
         raise NoteError("--resume and --overwrite together: pick one (continue the earlier "
                         "run with --resume, or replace it with --overwrite)")
+    for path in [*out_dir.glob(pattern), *out_dir.glob(pattern + ".sha256")]:
+        if path.is_dir():         # never loaded, never removed (--overwrite removes files)
+            raise NoteError(f"{path} is a folder where this run keeps a checkpoint file (or its "
+                            f"checksum); move it away, or choose another --out-dir NEW_DIR")
+    for name in extra:
+        if (out_dir / name).exists() and not (out_dir / name).is_dir():
+            raise NoteError(f"{out_dir / name} is a file where this run writes its {name} "
+                            f"folder; move it away, or choose another --out-dir NEW_DIR")
     files = sorted((p for p in out_dir.glob(pattern) if not p.name.startswith(".")),
                    key=lambda p: _natural(p.name))
     folders = [out_dir / e for e in extra if (out_dir / e).is_dir() and

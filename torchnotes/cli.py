@@ -93,7 +93,7 @@ def seed_everything(seed: int) -> None:
 
 
 def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, torch.device]:
-    """Parse flags, pick the device, seed everything; print one line saying so."""
+    """Parse flags, pick the device, check --out-dir, seed everything; print one line saying so."""
     args = parser.parse_args(argv)
     try:
         device = get_device(args.device)
@@ -102,6 +102,8 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
     if not 0 <= args.seed < 2**64:              # torch.manual_seed takes 64 bits
         parser.error(f"--seed {args.seed}: expected an integer from 0 to 2**64 - 1 "
                      f"({2**64 - 1}); pick a smaller seed")
+    if getattr(args, "out_dir", None) is not None:
+        check_out_dir(args.out_dir)             # a bad folder stops here, before any work
     # A path or name the terminal cannot encode prints as \xe9 instead of crashing the run.
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -112,6 +114,36 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
     mode = "smoke" if args.smoke else "full"
     print(f"device: {device} | seed: {args.seed} | mode: {mode} | torch {torch.__version__}")
     return args, device
+
+
+def output_file(out_dir: str | os.PathLike, name: str) -> Path:
+    """``out_dir / name``: a file this note writes afresh each run (a preview image).
+
+    ``out_dir`` is created. A folder or a link already at that name is refused, before the
+    note's work, with the path named; the note never writes through a link into a file
+    elsewhere, and never replaces a folder.
+    """
+    path = prepare_out_dir(out_dir) / name
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder"
+        raise NoteError(f"{path} is {kind}; this note writes a file of that name (replaced each "
+                        f"run). Fix: move it away, or choose another folder with --out-dir "
+                        f"NEW_DIR.")
+    return path
+
+
+def output_folder(out_dir: str | os.PathLike, name: str) -> Path:
+    """``out_dir / name``, created: a folder this note writes into (TensorBoard logs).
+
+    A file already at that name is refused, before the note's work, with the path named.
+    """
+    path = prepare_out_dir(out_dir) / name
+    if not path.is_dir() and (path.exists() or path.is_symlink()):   # a file, a broken link
+        raise NoteError(f"{path} is a file (or a broken link); this note writes a folder of "
+                        f"that name. Fix: move it away, or choose another folder with "
+                        f"--out-dir NEW_DIR.")
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def progress(iterable, *, desc: str = "", total: int | None = None, enabled: bool = True):
@@ -129,12 +161,80 @@ def writable_file(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     Checkpoints are what a learner keeps; an earlier run's file is never replaced silently.
     """
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder"       # --overwrite never helps
+        raise NoteError(f"{path} is {kind}; this note writes a file of that name. Fix: move "
+                        f"it away, or choose another folder with --out-dir NEW_DIR.")
     if path.exists() and not overwrite:
         raise NoteError(
             f"{path} already exists (left by an earlier run). Keep it by choosing another "
             f"folder with --out-dir NEW_DIR, or replace it by passing --overwrite."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
+    return path
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a file in the way is named in a NoteError, not a traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file where a folder is expected" if blocker else err.strerror
+        raise NoteError(f"{path} cannot be made: {why}. Fix: move it away, or choose another "
+                        f"folder with --out-dir NEW_DIR.") from None
+    return path
+
+
+def _out_dir_words(path: Path) -> tuple[str, str]:
+    """How an error names the folder (the flag, or ``$TORCHNOTES_RUNS`` that chose it) and
+    what fixes it."""
+    runs = os.environ.get(RUNS_ENV_VAR)
+    from_env = bool(runs) and Path(runs).resolve() in (path.resolve(), *path.resolve().parents)
+    what = f"${RUNS_ENV_VAR} ({runs}), the root of the default --out-dir {path}," if from_env \
+        else f"--out-dir {path}"
+    fix = (f"set {RUNS_ENV_VAR} to a writable folder, or pass --out-dir NEW_DIR" if from_env
+           else "choose another folder with --out-dir NEW_DIR")
+    return what, fix
+
+
+def _out_dir_error(path: Path, err: OSError) -> NoteError:
+    what, fix = _out_dir_words(path)
+    if err.errno == errno.ENAMETOOLONG:
+        problem = (f"is too long for the file system ({len(str(path))} characters; at most "
+                   f"255 bytes per name)")
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        problem = "is not writable (permission denied or a read-only file system)"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+        problem = "goes through a file where a folder is expected"
+    else:
+        problem = f"cannot be created ({err.strerror})"
+    return NoteError(f"{what} {problem}; expected a writable folder. Fix: {fix}")
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Refuse an ``--out-dir`` that cannot become a writable folder, creating nothing.
+
+    ``start()`` calls it for every note, so a file, a path through a file, a name too long or
+    a read-only place stops the run before any work, also in notes that write their files
+    late (an image after training) or not at all.
+    """
+    path = Path(path)
+    what, fix = _out_dir_words(path)
+    try:
+        if any(len(os.fsencode(part)) > 255 for part in path.parts):
+            raise OSError(errno.ENAMETOOLONG, "File name too long", str(path))
+        if path.exists() and not path.is_dir():
+            raise NoteError(f"{what} is a file; expected a folder. Fix: {fix}")
+        existing = next(p for p in (path, *path.parents) if p.exists())   # "." at worst
+        if not existing.is_dir():
+            raise OSError(errno.ENOTDIR, "Not a directory", str(existing))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(errno.EACCES, "Permission denied", str(existing))
+    except OSError as err:
+        raise _out_dir_error(path, err) from None
     return path
 
 
@@ -144,29 +244,12 @@ def prepare_out_dir(path: str | os.PathLike) -> Path:
     Called before any training, so a bad ``--out-dir`` (a file, read-only, a name too long)
     or an unwritable ``$TORCHNOTES_RUNS`` stops the run at once, not after an epoch.
     """
-    path = Path(path)
-    runs = os.environ.get(RUNS_ENV_VAR)
-    from_env = bool(runs) and Path(runs).resolve() in (path.resolve(), *path.resolve().parents)
-    what = f"${RUNS_ENV_VAR} ({runs}), the root of the default --out-dir {path}," if from_env \
-        else f"--out-dir {path}"
-    fix = (f"set {RUNS_ENV_VAR} to a writable folder, or pass --out-dir NEW_DIR" if from_env
-           else "choose another folder with --out-dir NEW_DIR")
+    path = check_out_dir(path)
     try:
-        if path.exists() and not path.is_dir():
-            raise NoteError(f"{what} is a file; expected a folder. Fix: {fix}")
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as err:
-        if err.errno == errno.ENAMETOOLONG:
-            problem = (f"is too long for the file system ({len(str(path))} characters; at most "
-                       f"255 bytes per name)")
-        elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            problem = "is not writable (permission denied or a read-only file system)"
-        elif err.errno in (errno.ENOTDIR, errno.EEXIST):
-            problem = "goes through a file where a folder is expected"
-        else:
-            problem = f"cannot be created ({err.strerror})"
-        raise NoteError(f"{what} {problem}; expected a writable folder. Fix: {fix}") from None
+        raise _out_dir_error(path, err) from None
     return path

@@ -28,7 +28,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torchvision.utils import save_image
 
-from torchnotes import check, make_parser, progress, start
+from torchnotes import check, make_parser, output_file, progress, start
 from torchnotes.datasets import (
     SyntheticMNIST,
     add_data_args,
@@ -191,13 +191,11 @@ def step_4_beta_tradeoff(x_train, x_eval, device, cfg) -> dict:
     return table
 
 
-def save_grid(model: VAE, x_eval, recon, out_dir, device) -> str:
+def save_grid(model: VAE, x_eval, recon, path, device) -> str:
     with torch.no_grad():
         z = torch.randn(16, model.latent, device=device)                    # z ~ p(z) = N(0, I)
         samples = torch.sigmoid(model.decoder(z)).view(16, 1, 28, 28)
     rows = torch.cat([x_eval[:16], recon[:16], samples]).cpu()
-    path = out_dir / "vae_grid.png"
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_image(rows, path, nrow=16, pad_value=1.0)   # rows: inputs, reconstructions, samples
     print(f"saved {path} (row 1 inputs, row 2 reconstructions, row 3 samples from N(0, I))")
     return str(path)
@@ -206,6 +204,7 @@ def save_grid(model: VAE, x_eval, recon, out_dir, device) -> str:
 def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
+    png = output_file(args.out_dir, "vae_grid.png")     # checked before the training
     cfg = SMOKE if args.smoke else FULL
     x = load_digits(args, cfg["n_train"] + cfg["n_eval"]).to(device)
     x_train, x_eval = x[:cfg["n_train"]], x[cfg["n_train"]:]        # held-out images for ELBO
@@ -214,7 +213,7 @@ def main(argv=None) -> dict:
     model, trained = step_3_training_raises_elbo(x_train, x_eval, device, cfg)
     results.update(elbo_before=trained["elbo_before"], elbo_after=trained["elbo_after"])
     results["beta_table"] = step_4_beta_tradeoff(x_train, x_eval, device, cfg)
-    results["png"] = save_grid(model, x_eval, trained["recon"], args.out_dir, device)
+    results["png"] = save_grid(model, x_eval, trained["recon"], png, device)
     print(f"summary: ELBO {results['elbo_before']:.1f} -> {results['elbo_after']:.1f} nats")
     return results
 

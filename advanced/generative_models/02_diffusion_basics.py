@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 from torchvision.utils import save_image
 
-from torchnotes import check, make_parser, progress, start
+from torchnotes import check, make_parser, output_file, progress, start
 from torchnotes.datasets import (
     SyntheticMNIST,
     add_data_args,
@@ -188,7 +188,7 @@ def step_3_training(x_train, x_eval, abar, device, cfg) -> tuple[nn.Module, dict
     return model, {"loss_before": before, "loss_after": after}
 
 
-def step_4_ancestral_sampling(model, betas, device, cfg, out_dir) -> dict:
+def step_4_ancestral_sampling(model, betas, device, cfg, path) -> dict:
     abar = torch.cumprod(1 - betas, 0).to(device)
     m = torch.tensor([1.5, -0.5], device=device)
     s = torch.tensor([0.3, 1.2], device=device)
@@ -213,8 +213,6 @@ def step_4_ancestral_sampling(model, betas, device, cfg, out_dir) -> dict:
     check("samples from the trained model: shape (N, 1, 28, 28), all finite",
           samples.shape == (cfg["n_samples"], 1, 28, 28) and bool(samples.isfinite().all()),
           detail=f"shape {tuple(samples.shape)}, range [{samples.min():.2f}, {samples.max():.2f}]")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "ddpm_samples.png"
     save_image(samples.clamp(-1, 1).add(1).div(2).cpu(), path, nrow=8, pad_value=1.0)
     print(f"saved {path}")
     return {"sampled_mean": x.mean(0).tolist(), "sampled_std": x.std(0).tolist(),
@@ -224,6 +222,7 @@ def step_4_ancestral_sampling(model, betas, device, cfg, out_dir) -> dict:
 def main(argv=None) -> dict:
     parser = add_data_args(make_parser(__file__, __doc__))
     args, device = start(parser, argv)
+    png = output_file(args.out_dir, "ddpm_samples.png")     # checked before the training
     cfg = SMOKE if args.smoke else FULL
     betas = linear_beta_schedule(T)
     abar = torch.cumprod(1 - betas, 0)
@@ -235,7 +234,7 @@ def main(argv=None) -> dict:
     model, trained = step_3_training(x[:cfg["n_train"]], x[cfg["n_train"]:], abar.to(device),
                                      device, cfg)
     results.update(trained)
-    results.update(step_4_ancestral_sampling(model, betas, device, cfg, args.out_dir))
+    results.update(step_4_ancestral_sampling(model, betas, device, cfg, png))
     print(f"summary: noise loss {results['loss_before']:.3f} -> {results['loss_after']:.3f}")
     return results
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import save_image
 
-from torchnotes import check, make_parser, progress, start
+from torchnotes import check, make_parser, output_file, progress, start
 
 K, RADIUS, STD = 8, 2.0, 0.05            # 8 Gaussians on a ring (the usual toy for collapse)
 FULL = dict(hidden=128, steps=1000, batch=256, lr=1e-3, n_eval=2000, min_modes=7)
@@ -138,7 +138,7 @@ def to_image(x: torch.Tensor, size: int = 96) -> torch.Tensor:
     return (img / img.max().clamp(min=1)).sqrt().view(1, size, size)
 
 
-def step_4_training_spreads_samples(device, cfg, out_dir) -> dict:
+def step_4_training_spreads_samples(device, cfg, path) -> dict:
     G, D = mlp(2, 2, cfg["hidden"]).to(device), mlp(2, 1, cfg["hidden"]).to(device)
     z = torch.randn(cfg["n_eval"], 2, device=device)                       # fixed noise
     with torch.no_grad():
@@ -151,8 +151,6 @@ def step_4_training_spreads_samples(device, cfg, out_dir) -> dict:
           f"after {m1}/8 (spread {after.std(0).mean():.3f})")
     check(f"training spreads G over the modes: >= {cfg['min_modes']} covered and more than "
           f"before", m1 >= cfg["min_modes"] and m1 > m0, detail=f"{m0} -> {m1} of 8")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "gan_modes.png"
     panels = [to_image(real_batch(cfg["n_eval"], device)), to_image(before), to_image(after)]
     save_image(torch.stack(panels).cpu(), path, nrow=3, pad_value=1.0)
     print(f"saved {path} (real | G before training | G after)")
@@ -162,11 +160,12 @@ def step_4_training_spreads_samples(device, cfg, out_dir) -> dict:
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
+    png = output_file(args.out_dir, "gan_modes.png")     # checked before the training
     cfg = SMOKE if args.smoke else FULL
     results = {"grad_ratio": step_1_non_saturating_gradient(device),
                "gp": step_2_gradient_penalty(device),
                "mode_count_ok": step_3_mode_count_sees_collapse(device, cfg["n_eval"])}
-    results.update(step_4_training_spreads_samples(device, cfg, args.out_dir))
+    results.update(step_4_training_spreads_samples(device, cfg, png))
     print(f"summary: modes covered {results['modes_before']} -> {results['modes_after']} of 8")
     return results
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import save_image
 
-from torchnotes import check, float64_device, make_parser, start
+from torchnotes import check, float64_device, make_parser, output_file, start
 
 FULL = dict(batch=4, seq_len=32, embed_dim=64, num_heads=8, head_dim=64, var_samples=8)
 SMOKE = dict(batch=2, seq_len=8, embed_dim=16, num_heads=2, head_dim=64, var_samples=16)
@@ -98,9 +98,9 @@ def step_1_equals_pytorch_sdpa(device, batch, seq_len, num_heads, head_dim, out_
     print(f"causal weights, head 0, first 4 rows:\n{w_c[0, 0, :4, :4].cpu().numpy().round(3)}")
     grid = w_c[0].unsqueeze(1).float()                                  # (H, 1, T, T)
     grid = F.interpolate(grid / grid.amax(), scale_factor=8, mode="nearest")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_image(grid, out_dir / "causal_attention_weights.png", nrow=num_heads, padding=2)
-    print(f"saved {out_dir / 'causal_attention_weights.png'} (one tile per head)")
+    path = output_file(out_dir, "causal_attention_weights.png")
+    save_image(grid, path, nrow=num_heads, padding=2)
+    print(f"saved {path} (one tile per head)")
     return {"row_sum_error": (w_c.sum(-1) - 1).abs().max().item()}
 
 

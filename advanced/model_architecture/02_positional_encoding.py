@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.utils import save_image
 
-from torchnotes import check, check_raises, float64_device, make_parser, start
+from torchnotes import check, check_raises, float64_device, make_parser, output_file, start
 
 FULL = dict(seq_len=128, dim=64, max_len=512, pe_shifts=(1, 7, 100), shifts=(1, 7, 100, 1000))
 SMOKE = dict(seq_len=16, dim=16, max_len=32, pe_shifts=(1, 5), shifts=(1, 5, 1000))
@@ -74,10 +74,10 @@ def step_1_sinusoid_formula(seq_len, dim, out_dir, **_):
     print(f"PE shape {tuple(pe.shape)}; PE[1, :4] = {pe[1, :4].numpy().round(4).tolist()}")
     # Computed in float64, rounded to float32 once: within an ulp of |PE| <= 1, ~6e-8.
     check("sinusoidal_encoding == sin/cos formula, every entry", pe, formula, atol=1e-6)
-    out_dir.mkdir(parents=True, exist_ok=True)
     image = ((pe.T + 1) / 2).unsqueeze(0)                               # (1, dim, T) in [0, 1]
-    save_image(image.repeat_interleave(4, 1).repeat_interleave(4, 2), out_dir / "sinusoidal_pe.png")
-    print(f"saved {out_dir / 'sinusoidal_pe.png'} (rows: dimensions, columns: positions)")
+    path = output_file(out_dir, "sinusoidal_pe.png")
+    save_image(image.repeat_interleave(4, 1).repeat_interleave(4, 2), path)
+    print(f"saved {path} (rows: dimensions, columns: positions)")
     return pe
 
 
