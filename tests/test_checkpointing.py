@@ -216,7 +216,8 @@ def test_03_heads_have_10_outputs_and_frozen_params_get_no_grad(note, tmp_path, 
     assert out["frozen"] == 14_714_688                      # VGG16's 13 conv layers
     assert calls == []                                      # no download was attempted
     assert not hub.exists() or list(hub.rglob("*.pth")) == []   # no checkpoint in the cache
-    assert [p.name for p in out_dir.iterdir()] == ["planted-vgg16-397923af.pth"]  # step 5's
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        ".lock", "planted-vgg16-397923af.pth"]             # one run at a time; step 5's file
 
 
 def test_03_failed_download_is_a_note_error(note, tmp_path, monkeypatch, capsys):

@@ -39,7 +39,7 @@ from torchnotes.checkpoint import (
     set_rng_state,
     sidecar,
 )
-from torchnotes.cli import make_parser, other_checkout
+from torchnotes.cli import fcntl, lock_out_dir, make_parser, other_checkout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -289,6 +289,32 @@ def test_notes_refuse_a_crafted_entry_and_leave_it(note, tmp_path, rel, name, ki
         note(rel).main(["--smoke", "--device", "cpu", "--out-dir", str(out)])
     kept = out / name / "mine.txt" if kind == "folder" else out / name
     assert kept.read_text() == "keep"
+
+
+@pytest.mark.skipif(fcntl is None, reason="no flock on this platform: one run per folder is "
+                    "not enforced there")
+def test_a_second_run_on_the_same_out_dir_stops_before_touching_it(note, tmp_path, capsys):
+    """Two runs of a data note in one folder: the second once deleted and regenerated the
+    first's stand-in JPEGs under it ("000007.jpg is not a readable image")."""
+    read = note("data_pipeline/01_read_data.py")
+    argv = ["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)]
+    read.main(argv)
+    read.main(argv)                        # the same process, one run after the other: fine
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    # A run holds its folder until the process ends or its next run starts; start one.
+    start(make_parser(str(REPO_ROOT / "autograd" / "00_x.py"), "doc"), ["--device", "cpu"])
+    fd = lock_out_dir(tmp_path)            # another run holds the folder (another fd)
+    try:
+        with pytest.raises(NoteError, match=r"--out-dir .* is in use by another run \(pid "
+                                            rf"{os.getpid()} holds .lock\)"):
+            read.main(argv)
+    finally:
+        os.close(fd)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    quiet = tmp_path / "quiet"
+    note("autograd/02_autograd_basics.py").main(["--smoke", "--device", "cpu", "--out-dir",
+                                                 str(quiet)])
+    assert not quiet.exists()             # a note that writes nothing claims nothing
 
 
 def _deny_writes(monkeypatch, folder: Path):

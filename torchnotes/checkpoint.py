@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import NoteError
+from .cli import NoteError, claims_out_dir, lock_out_dir
 
 try:
     import fcntl
@@ -209,7 +209,8 @@ class RunLock:
     """``with RunLock(out_dir):`` one run at a time in a folder (an exclusive ``flock``).
 
     The lock file is ``out_dir/.lock`` (it holds the owner's pid). The kernel drops the lock
-    when the process ends, however it ends, so a killed run never leaves a stale lock.
+    when the process ends, however it ends, so a killed run never leaves a stale lock. If this
+    run already claimed the folder (``torchnotes.cli``: at its first write), entering is free.
     """
 
     def __init__(self, out_dir: str | os.PathLike):
@@ -219,19 +220,8 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(self._fd, 32).decode(errors="replace").strip() or "?"
-                os.close(self._fd)
-                self._fd = None
-                raise NoteError(f"--out-dir {self.out_dir} is in use by another run (pid "
-                                f"{holder} holds {self.path.name}); wait for it to finish, or "
-                                f"choose another folder with --out-dir NEW_DIR") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        if not claims_out_dir(self.out_dir):
+            self._fd = lock_out_dir(self.out_dir)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:                  # Windows: no flock; one run per folder is not enforced
+    fcntl = None
+
 from .curriculum import REPO_ROOT, repo_relative
 from .device import CHOICES, ENV_VAR, DeviceError, get_device
 
@@ -85,6 +90,61 @@ def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+# ---- one run per --out-dir ------------------------------------------------------------------
+# A note that writes claims its --out-dir (an exclusive flock on ``<out-dir>/.lock``) before its
+# first write and holds it until the run ends: the process exits (the kernel drops the lock
+# however it ends), or the next note run in this process calls start(). A second run on the
+# same folder stops with a NoteError instead of deleting the first one's stand-in data or logs
+# under it. Notes that write nothing claim nothing.
+
+_run: dict = {"out_dir": None, "claims": {}}         # this process's current note run
+
+
+def lock_out_dir(out_dir: Path) -> int:
+    """Open ``out_dir/.lock`` and take its exclusive lock (it then holds our pid); the fd."""
+    path = out_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise NoteError(f"--out-dir {out_dir} is in use by another run (pid {holder} holds "
+                            f"{path.name}); wait for it to finish, or choose another folder "
+                            f"with --out-dir NEW_DIR") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def claims_out_dir(path: str | os.PathLike) -> bool:
+    """Is ``path`` this run's --out-dir, claimed by this process (re-entry is then free)?"""
+    return _run["claims"].get(Path(path).resolve(), (None, None))[1] == os.getpid()
+
+
+def _claim(path: Path) -> None:
+    """About to write at ``path``: if it lies in this run's --out-dir, claim that folder."""
+    out = _run["out_dir"]
+    if out is None or os.environ.get("RANK", "0") != "0":     # torchrun: rank 0 owns the folder
+        return
+    resolved = path.resolve()
+    if (resolved != out and out not in resolved.parents) or claims_out_dir(out):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _run["claims"][out] = (lock_out_dir(out), os.getpid())
+
+
+def _end_run() -> None:
+    """The previous note run in this process is over: drop its claims."""
+    for fd, pid in _run["claims"].values():
+        if fcntl is not None and pid == os.getpid():   # a forked child never unlocks its parent's
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    _run["claims"].clear()
+    _run["out_dir"] = None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -95,6 +155,7 @@ def seed_everything(seed: int) -> None:
 def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, torch.device]:
     """Parse flags, pick the device, check --out-dir, seed everything; print one line saying so."""
     args = parser.parse_args(argv)
+    _end_run()
     try:
         device = get_device(args.device)
     except DeviceError as err:
@@ -104,6 +165,7 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
                      f"({2**64 - 1}); pick a smaller seed")
     if getattr(args, "out_dir", None) is not None:
         check_out_dir(args.out_dir)             # a bad folder stops here, before any work
+        _run["out_dir"] = Path(args.out_dir).resolve()      # claimed at its first write
     # A path or name the terminal cannot encode prints as \xe9 instead of crashing the run.
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -178,6 +240,7 @@ def make_folder(path: str | os.PathLike) -> Path:
     """``mkdir -p path``; a file in the way is named in a NoteError, not a traceback."""
     path = Path(path)
     try:
+        _claim(path)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
@@ -246,6 +309,7 @@ def prepare_out_dir(path: str | os.PathLike) -> Path:
     """
     path = check_out_dir(path)
     try:
+        _claim(path)
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.touch()
