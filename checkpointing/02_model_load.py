@@ -34,6 +34,7 @@ import contextlib
 import io
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ import torchvision
 from torch import nn
 from torchvision.models.squeezenet import Fire, SqueezeNet
 
-from torchnotes import check, default_out_dir, make_parser, start, writable_file
+from torchnotes import NoteError, check, default_out_dir, make_parser, start, writable_file
 
 FULL = dict(batch=8)
 SMOKE = dict(batch=2)
@@ -77,10 +78,28 @@ def refused_by_default(source, device: torch.device) -> str:
     return "(nothing: it loaded)"
 
 
+def complete_archive(path: Path, out_dir: Path) -> None:
+    """torch.save writes a zip archive; a save cut short (a killed run) leaves one whose
+    directory or CRCs are missing. Checked here so that it is named, not a miniz traceback."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()                     # reads every member, checks its CRC
+        bad = bad and f"its member {bad} fails its CRC check"
+    except (zipfile.BadZipFile, OSError) as err:
+        bad = f"not a zip archive: {err}"
+    if bad is not None:
+        raise NoteError(f"{path} is not a complete torch.save file ({bad}): a save was cut "
+                        f"short, or the file was changed. Fix: run python "
+                        f"checkpointing/01_model_save.py --out-dir {out_dir} --overwrite, or "
+                        f"pass another --out-dir.")
+
+
 def find_checkpoints(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
     whole, state = out_dir / WHOLE_FILE, out_dir / STATE_FILE
     if whole.is_file() and state.is_file():
         print(f"loading the files checkpointing/01_model_save.py saved in {out_dir}")
+        for path in (whole, state):
+            complete_archive(path, out_dir)
         return whole, state
     own = out_dir / "made_by_02"
     whole, state = own / WHOLE_FILE, own / STATE_FILE
@@ -104,7 +123,14 @@ def step_1_default_refuses_whole_model(whole: Path, device: torch.device) -> str
 def step_2_state_dict_way(whole: Path, state: Path, device: torch.device) -> nn.Module:
     tensors = torch.load(state, map_location=device)    # default weights_only=True: fine here
     model = build_model().to(device).eval()             # the code builds the model...
-    model.load_state_dict(tensors)                      # ...the file only fills in numbers
+    try:
+        model.load_state_dict(tensors)                  # ...the file only fills in numbers
+    except RuntimeError as err:     # strict: a missing, extra or reshaped tensor is an error
+        reason = " ".join(str(err).split())[:200]
+        raise NoteError(f"{state} does not fit this SqueezeNet ({reason} ...): it is not the "
+                        f"state_dict 01 saved. Fix: run python checkpointing/01_model_save.py "
+                        f"--out-dir {state.parent} --overwrite, or pass another --out-dir.") \
+            from None
     mine = model.state_dict()
     print(f"state_dict: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} "
           f"numbers")

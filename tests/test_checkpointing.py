@@ -84,6 +84,30 @@ def test_01_then_02_uses_01s_files(save, load, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "made_by_02").exists()
 
 
+def test_02_names_a_cut_short_or_foreign_file_of_01s(load, tmp_path):
+    """A kill in the middle of 01's torch.save, a flipped byte, another model's weights: each
+    is named with the fix, not a miniz or load_state_dict traceback."""
+    model = load.build_model()
+    whole, state = tmp_path / load.WHOLE_FILE, tmp_path / load.STATE_FILE
+    torch.save(model, whole)
+    torch.save(model.state_dict(), state)
+    argv = ["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)]
+    good = state.read_bytes()
+    state.write_bytes(good[:100_000])                            # cut short
+    with pytest.raises(NoteError, match=r"squeezenet_state_dict.pth is not a complete "
+                                        r"torch.save file \(not a zip archive.*--overwrite"):
+        load.main(argv)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF                              # one byte inside a tensor
+    state.write_bytes(bytes(flipped))
+    with pytest.raises(NoteError, match=r"its member .* fails its CRC check"):
+        load.main(argv)
+    torch.save(nn.Linear(3, 4).state_dict(), state)              # a whole, foreign file
+    with pytest.raises(NoteError, match=r"does not fit this SqueezeNet \(Error\(s\) in loading "
+                                        r"state_dict .*Missing key"):
+        load.main(argv)
+
+
 def test_02_then_01_in_a_fresh_dir(save, load, tmp_path, monkeypatch, capsys):
     _skip_trap(save, monkeypatch)
     first = load.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
