@@ -8,6 +8,7 @@ this and earlier modules do; the last tests wait for them. Everything talks over
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -114,6 +115,18 @@ def test_refuses_an_earlier_run_without_resume(train04, tmp_path):
         train04.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)])
     assert not dist.is_initialized()
     assert (tmp_path / "moli_ddp_epoch_1.pth").read_bytes() == b"an earlier run's file"
+
+
+def test_resume_with_another_seed_is_refused_on_every_rank(train04, single, tmp_path):
+    """Rank 0 refuses the folder and tells the others, who leave quietly (under torchrun they
+    once died in a gloo 'Connection reset by peer' traceback after rank 0's error)."""
+    out = tmp_path / "run"
+    shutil.copytree(single["out"], out)
+    with pytest.raises(NoteError, match=r"moli_ddp_epoch_2.pth was written by a run with other "
+                                        r"settings \(seed 0 there, 3 here\)"):
+        train04.main(["--smoke", "--device", "cpu", "--out-dir", str(out), "--resume",
+                      "--seed", "3"])
+    assert not dist.is_initialized()
 
 
 def test_sampler_claims_fail_on_overlap_and_without_set_epoch(train04):

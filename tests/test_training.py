@@ -226,6 +226,21 @@ def test_finding_7_a_checkpoint_of_another_architecture(train01, finished, tmp_p
         train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
 
 
+def test_resume_refuses_a_checkpoint_written_with_other_settings(train01, finished, tmp_path):
+    """A smoke run resumed without --smoke, or with another seed, once mixed two runs: a claim
+    failed mid-run (01: 'the restored model reproduces the test loss'; 04 under torchrun: a
+    full run that trained one epoch on a smoke checkpoint, 85.0% < 85%)."""
+    out = _copy(finished, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.glob("moli_epoch_*")}
+    cpu = [a for a in SMOKE if a != "--smoke"]
+    for flags, differ in ((cpu, r"preset 'smoke' there, '(full|real)' here"),
+                          ([*SMOKE, "--seed", "3"], r"seed 0 there, 3 here")):
+        with pytest.raises(NoteError, match=rf"moli_epoch_2.pth was written by a run with other "
+                                            rf"settings \({differ}\); resuming would mix"):
+            train01.main([*flags, "--out-dir", str(out), "--resume"])
+    assert {p.name: p.read_bytes() for p in out.glob("moli_epoch_*")} == before
+
+
 def test_finding_5_a_second_run_on_the_same_out_dir_stops(train01, tmp_path):
     with RunLock(tmp_path), pytest.raises(NoteError, match="is in use by another run"):
         train01.main([*SMOKE, "--out-dir", str(tmp_path)])
@@ -352,7 +367,7 @@ def test_claim_fails_when_nothing_is_learned(train01, engine, tmp_path):
     optimizer = torch.optim.Adam(moli.parameters(), lr=0.0)  # lr 0: the loss cannot go down
     with pytest.raises(ClaimError, match="the training loss went down"):
         train01.step_1_train(moli, optimizer, (_tiny_loader(n=256), _tiny_loader()), CPU,
-                             dict(epochs=1), tmp_path, None, show_progress=False)
+                             dict(epochs=1, settings={}), tmp_path, None, show_progress=False)
 
 
 def test_claim_fails_below_the_accuracy_bound(train01):

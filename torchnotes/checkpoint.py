@@ -299,14 +299,17 @@ def load_weights(model: torch.nn.Module, state: dict, *, may_differ=(),
 
 
 def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
-                    pattern: str = "*.pth", extra: tuple[str, ...] = ()):
+                    pattern: str = "*.pth", extra: tuple[str, ...] = (),
+                    settings: dict | None = None):
     """What an earlier run left in ``out_dir`` decides how this run starts.
 
     Returns ``None`` (start from the beginning) or ``(path, checkpoint)`` to continue from.
 
     * nothing there: ``None``;
     * ``--resume``: the newest valid checkpoint, naming each corrupt one it skipped; an error
-      if checkpoints are there but none loads (never a silent fresh start over earlier work);
+      if checkpoints are there but none loads (never a silent fresh start over earlier work),
+      or if it was written with other ``settings`` (the checkpoint's ``"settings"``: the
+      preset and seed that decide the data, the batches and the schedule);
     * ``--overwrite``: the earlier run's whole set (checkpoints, their ``.sha256`` files,
       unfinished temp files, the ``extra`` folders such as ``tensorboard``) is removed first,
       so no stale file is left beside the new set;
@@ -352,6 +355,15 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
                                   f"loads (each is named above); to start again, pass "
                                   f"--overwrite (removes them) or choose --out-dir NEW_DIR")
         path, state = latest
+        saved = state.get("settings")
+        if settings is not None and saved is not None and saved != settings:
+            differ = "; ".join(f"{k} {saved.get(k)!r} there, {settings.get(k)!r} here"
+                               for k in sorted(saved.keys() | settings.keys())
+                               if saved.get(k) != settings.get(k))
+            raise NoteError(f"--resume: {path.name} was written by a run with other settings "
+                            f"({differ}); resuming would mix two runs. Repeat that run's "
+                            f"flags with --resume, or start afresh with --overwrite or "
+                            f"--out-dir NEW_DIR")
         print(f"--resume: continuing from {path.name} (epoch {state.get('epoch')}, "
               f"step {state.get('step')})")
         return latest

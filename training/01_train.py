@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 
 import torch
-from model import Moli, cifar_loaders
+from model import Moli, cifar_loaders, run_settings
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -96,7 +96,7 @@ def evaluate(model, loader, loss_fn, device) -> tuple[float, float]:
 
 
 def make_checkpoint(model, optimizer, train_loader, epoch: int, losses: list[float],
-                    test_loss: float, test_acc: float) -> dict:
+                    test_loss: float, test_acc: float, settings: dict) -> dict:
     """Everything needed to continue exactly: tensors, numbers and strings only, so it loads
     with torch.load's safe default (weights_only=True) and no allow-list."""
     return {
@@ -107,6 +107,7 @@ def make_checkpoint(model, optimizer, train_loader, epoch: int, losses: list[flo
         "test_loss": test_loss, "test_accuracy": test_acc,
         "rng": rng_state(),                                    # Python, NumPy, torch (+ CUDA)
         "loader_generator": train_loader.generator.get_state(),   # the shuffle order to come
+        "settings": settings,                 # preset and seed: --resume refuses other ones
     }
 
 
@@ -151,7 +152,7 @@ def step_1_train(model, optimizer, loaders, device, cfg: dict, out_dir, resumed,
         # Write-then-rename: torch.save into a temp file in the same folder, flush, fsync,
         # os.replace(tmp, path); plus path.sha256 so a damaged file is caught on load.
         atomic_save(make_checkpoint(model, optimizer, train_loader, epoch, losses,
-                                    test_loss, test_acc), path)
+                                    test_loss, test_acc, cfg["settings"]), path)
         seconds = time.perf_counter() - t0
         epochs.append(dict(epoch=epoch, test_loss=test_loss, test_accuracy=test_acc,
                            seconds=seconds, save_seconds=time.perf_counter() - t_save,
@@ -220,10 +221,13 @@ def main(argv=None) -> dict:
     cfg = SMOKE if args.smoke else FULL
     out_dir = prepare_out_dir(args.out_dir)       # a bad --out-dir stops us before training
     with RunLock(out_dir):                        # one run per folder at a time
+        settings = run_settings(args)
         resumed = resume_or_start(out_dir, resume=args.resume, overwrite=args.overwrite,
-                                  pattern="moli_epoch_*.pth", extra=("tensorboard",))
+                                  pattern="moli_epoch_*.pth", extra=("tensorboard",),
+                                  settings=settings)
         train_loader, test_loader, is_real = cifar_loaders(args, cfg)
         cfg = REAL if is_real and not args.smoke else cfg     # real CIFAR-10: its own preset
+        cfg = dict(cfg, settings=settings)
         model = Moli().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
         print(f"model: Moli, {sum(p.numel() for p in model.parameters()):,} parameters | "

@@ -33,7 +33,7 @@ import itertools
 import time
 
 import torch
-from model import Moli, cifar_loaders
+from model import Moli, cifar_loaders, run_settings
 from torch import nn
 
 from torchnotes import check, make_parser, prepare_out_dir, start, synchronize
@@ -167,7 +167,8 @@ def step_3_train_timed(loaders, device: torch.device, cfg: dict, out_dir, resume
                      "step": epoch * len(train_loader),
                      "losses": torch.tensor(losses, dtype=torch.float64),
                      "test_loss": test_loss, "test_accuracy": acc, "rng": rng_state(),
-                     "loader_generator": train_loader.generator.get_state()},
+                     "loader_generator": train_loader.generator.get_state(),
+                     "settings": cfg["settings"]},            # --resume refuses other ones
                     out_dir / f"moli_device_epoch_{epoch}.pth")   # temp file, fsync, rename
         epochs.append(dict(epoch=epoch, seconds=seconds, test_accuracy=acc))
         print(f"epoch {epoch} on {device}: {seconds:.2f} s | test accuracy {acc:.1%}")
@@ -188,11 +189,13 @@ def main(argv=None) -> dict:
     cfg = SMOKE if args.smoke else FULL
     out_dir = prepare_out_dir(args.out_dir)
     with RunLock(out_dir):
+        settings = run_settings(args)
         resumed = resume_or_start(out_dir, resume=args.resume, overwrite=args.overwrite,
-                                  pattern="moli_device_epoch_*.pth")
+                                  pattern="moli_device_epoch_*.pth", settings=settings)
         train_loader, test_loader, is_real = cifar_loaders(args, cfg,
                                                            pin_memory=device.type == "cuda")
         cfg = REAL if is_real and not args.smoke else cfg     # real CIFAR-10: its own preset
+        cfg = dict(cfg, settings=settings)
         batches = list(itertools.islice(train_loader, cfg["compare_steps"]))
         train_loader.generator.manual_seed(args.seed)         # training starts from the seed
         cpu_losses = step_1_same_seed_same_run(batches, device, args.seed, cfg["lr"])

@@ -51,7 +51,7 @@ import time
 import torch
 import torch.distributed as dist
 import torchvision
-from model import Moli, evaluate
+from model import Moli, evaluate, run_settings
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -187,7 +187,8 @@ def step_1_train(args, cfg: dict, rank: int, world: int, device: torch.device,
                          "losses": torch.tensor(losses, dtype=torch.float64),
                          "rng": rng_state(), "world_size": world,
                          # DistributedSampler's order is a function of (seed, epoch) only
-                         "sampler": {"seed": args.seed, "epoch": epoch + 1}}, path)
+                         "sampler": {"seed": args.seed, "epoch": epoch + 1},
+                         "settings": run_settings(args)}, path)   # --resume checks these
             epochs.append(dict(epoch=epoch + 1, test_accuracy=test_acc, checkpoint=path,
                                seconds=time.perf_counter() - t0))
             print(f"epoch {epoch + 1}: train loss {losses[-1]:.3f} | test loss "
@@ -265,14 +266,22 @@ def run(argv) -> dict:
             raise NoteError(f"the global batch {cfg['batch_size']} must split evenly over "
                             f"{world} processes; use a world size that divides it")
         # Only rank 0 touches --out-dir (other machines may not even see it): it locks it,
-        # decides between a fresh start and --resume, and sends the checkpoint to the others.
-        with RunLock(prepare_out_dir(args.out_dir)) if rank == 0 else contextlib.nullcontext():
-            found = None
+        # decides between a fresh start and --resume, and sends the checkpoint to the others,
+        # or, if it refused the folder (in use, an earlier run), the news that all must stop.
+        with contextlib.ExitStack() as held:
+            found, refused = None, None
             if rank == 0:
-                found = resume_or_start(args.out_dir, resume=args.resume,
-                                        overwrite=args.overwrite, pattern=PATTERN)
-            box = [found[1] if found else None]
+                try:
+                    held.enter_context(RunLock(prepare_out_dir(args.out_dir)))
+                    found = resume_or_start(args.out_dir, resume=args.resume,
+                                            overwrite=args.overwrite, pattern=PATTERN,
+                                            settings=run_settings(args))
+                except NoteError as err:
+                    refused = err
+            box = [found[1] if found else None, refused is not None]
             dist.broadcast_object_list(box, src=0)
+            if box[1]:                    # rank 0 says why; the others leave without a word
+                raise refused if rank == 0 else SystemExit(1)
             out = step_1_train(args, cfg, rank, world, device, box[0])
     finally:
         dist.destroy_process_group()

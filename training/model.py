@@ -44,6 +44,13 @@ class Moli(nn.Module):
         return self.model(x)
 
 
+def run_settings(args) -> dict:
+    """What makes two runs one run: the preset (smoke, full, or real CIFAR-10's) and the seed
+    (initial weights, data order). Saved in each checkpoint; --resume refuses other ones."""
+    preset = "smoke" if args.smoke else ("real" if use_real(args, verbose=False) else "full")
+    return {"preset": preset, "seed": args.seed}
+
+
 def cifar_loaders(args, cfg: dict, *, pin_memory: bool = False
                   ) -> tuple[DataLoader, DataLoader, bool]:
     """Train and test loaders over CIFAR-10 (real if present) or the stand-in; ``is_real``.
