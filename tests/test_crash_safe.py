@@ -301,9 +301,7 @@ def test_a_second_run_on_the_same_out_dir_stops_before_touching_it(note, tmp_pat
     read.main(argv)
     read.main(argv)                        # the same process, one run after the other: fine
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    # A run holds its folder until the process ends or its next run starts; start one.
-    start(make_parser(str(REPO_ROOT / "autograd" / "00_x.py"), "doc"), ["--device", "cpu"])
-    fd = lock_out_dir(tmp_path)            # another run holds the folder (another fd)
+    fd = lock_out_dir(tmp_path)            # free once main() returned; now another run holds it
     try:
         with pytest.raises(NoteError, match=r"--out-dir .* is in use by another run \(pid "
                                             rf"{os.getpid()} holds .lock\)"):

@@ -7,6 +7,7 @@ import errno
 import os
 import random
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +93,13 @@ def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
 
 # ---- one run per --out-dir ------------------------------------------------------------------
 # A note that writes claims its --out-dir (an exclusive flock on ``<out-dir>/.lock``) before its
-# first write and holds it until the run ends: the process exits (the kernel drops the lock
-# however it ends), or the next note run in this process calls start(). A second run on the
-# same folder stops with a NoteError instead of deleting the first one's stand-in data or logs
-# under it. Notes that write nothing claim nothing.
+# first write and holds it until the run ends: its main() returns (its parsed flags are freed),
+# the process exits (the kernel drops the lock however it ends), or the next note run in this
+# process calls start(). A second run on the same folder stops with a NoteError instead of
+# deleting the first one's stand-in data or logs under it. Notes that write nothing claim
+# nothing.
 
-_run: dict = {"out_dir": None, "claims": {}}         # this process's current note run
+_run: dict = {"out_dir": None, "claims": {}, "token": None}   # this process's current run
 
 
 def lock_out_dir(out_dir: Path) -> int:
@@ -135,14 +137,16 @@ def _claim(path: Path) -> None:
     _run["claims"][out] = (lock_out_dir(out), os.getpid())
 
 
-def _end_run() -> None:
-    """The previous note run in this process is over: drop its claims."""
+def _end_run(token: object = None) -> None:
+    """The note run ``token`` (default: whichever is current) is over: drop its claims."""
+    if token is not None and token is not _run["token"]:
+        return                                      # a later run has started since
     for fd, pid in _run["claims"].values():
         if fcntl is not None and pid == os.getpid():   # a forked child never unlocks its parent's
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
     _run["claims"].clear()
-    _run["out_dir"] = None
+    _run["out_dir"] = _run["token"] = None
 
 
 def seed_everything(seed: int) -> None:
@@ -166,6 +170,8 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
     if getattr(args, "out_dir", None) is not None:
         check_out_dir(args.out_dir)             # a bad folder stops here, before any work
         _run["out_dir"] = Path(args.out_dir).resolve()      # claimed at its first write
+        _run["token"] = token = object()
+        weakref.finalize(args, _end_run, token)     # main() returned: its flags are freed
     # A path or name the terminal cannot encode prints as \xe9 instead of crashing the run.
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")
