@@ -241,6 +241,16 @@ def test_resume_refuses_a_checkpoint_written_with_other_settings(train01, finish
     assert {p.name: p.read_bytes() for p in out.glob("moli_epoch_*")} == before
 
 
+def test_resume_refuses_a_valid_file_that_is_not_its_checkpoint(train01, tmp_path):
+    """A file with a matching checksum but another note's content once ended in KeyError."""
+    atomic_save({"epoch": 1, "settings": {"preset": "smoke", "seed": 0}},
+                tmp_path / "moli_epoch_1.pth")
+    with pytest.raises(CheckpointError, match=r"moli_epoch_1.pth has no 'model', 'optimizer', "
+                                              r".*\(its keys: epoch, settings\): it is not a "
+                                              r"checkpoint this note wrote"):
+        train01.main([*SMOKE, "--out-dir", str(tmp_path), "--resume"])
+
+
 def test_finding_5_a_second_run_on_the_same_out_dir_stops(train01, tmp_path):
     with RunLock(tmp_path), pytest.raises(NoteError, match="is in use by another run"):
         train01.main([*SMOKE, "--out-dir", str(tmp_path)])

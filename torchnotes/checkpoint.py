@@ -300,7 +300,7 @@ def load_weights(model: torch.nn.Module, state: dict, *, may_differ=(),
 
 def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
                     pattern: str = "*.pth", extra: tuple[str, ...] = (),
-                    settings: dict | None = None):
+                    settings: dict | None = None, keys: tuple[str, ...] = ()):
     """What an earlier run left in ``out_dir`` decides how this run starts.
 
     Returns ``None`` (start from the beginning) or ``(path, checkpoint)`` to continue from.
@@ -309,7 +309,8 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
     * ``--resume``: the newest valid checkpoint, naming each corrupt one it skipped; an error
       if checkpoints are there but none loads (never a silent fresh start over earlier work),
       or if it was written with other ``settings`` (the checkpoint's ``"settings"``: the
-      preset and seed that decide the data, the batches and the schedule);
+      preset and seed that decide the data, the batches and the schedule), or lacks one of
+      the ``keys`` the note restores (a file of another note's, with a valid checksum);
     * ``--overwrite``: the earlier run's whole set (checkpoints, their ``.sha256`` files,
       unfinished temp files, the ``extra`` folders such as ``tensorboard``) is removed first,
       so no stale file is left beside the new set;
@@ -364,6 +365,12 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
                             f"({differ}); resuming would mix two runs. Repeat that run's "
                             f"flags with --resume, or start afresh with --overwrite or "
                             f"--out-dir NEW_DIR")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise CheckpointError(f"--resume: {path.name} has no {', '.join(map(repr, missing))}"
+                                  f" (its keys: {', '.join(sorted(map(str, state))[:8])}): it "
+                                  f"is not a checkpoint this note wrote. Start afresh with "
+                                  f"--overwrite or --out-dir NEW_DIR", path)
         print(f"--resume: continuing from {path.name} (epoch {state.get('epoch')}, "
               f"step {state.get('step')})")
         return latest

@@ -111,6 +111,9 @@ def make_checkpoint(model, optimizer, train_loader, epoch: int, losses: list[flo
     }
 
 
+RESTORED = ("model", "optimizer", "rng", "loader_generator", "losses", "epoch", "test_loss")
+
+
 def restore(checkpoint: dict, model, optimizer, train_loader, source="the checkpoint") -> None:
     # model.load_state_dict(checkpoint["model"]), with one clear line if the file was saved
     # from another architecture (the first key that does not fit, both shapes).
@@ -224,7 +227,7 @@ def main(argv=None) -> dict:
         settings = run_settings(args)
         resumed = resume_or_start(out_dir, resume=args.resume, overwrite=args.overwrite,
                                   pattern="moli_epoch_*.pth", extra=("tensorboard",),
-                                  settings=settings)
+                                  settings=settings, keys=RESTORED)
         train_loader, test_loader, is_real = cifar_loaders(args, cfg)
         cfg = REAL if is_real and not args.smoke else cfg     # real CIFAR-10: its own preset
         cfg = dict(cfg, settings=settings)

@@ -191,7 +191,10 @@ def main(argv=None) -> dict:
     with RunLock(out_dir):
         settings = run_settings(args)
         resumed = resume_or_start(out_dir, resume=args.resume, overwrite=args.overwrite,
-                                  pattern="moli_device_epoch_*.pth", settings=settings)
+                                  pattern="moli_device_epoch_*.pth", settings=settings,
+                                  keys=("model", "optimizer", "scheduler", "rng",
+                                        "loader_generator", "losses", "epoch", "test_loss",
+                                        "test_accuracy"))
         train_loader, test_loader, is_real = cifar_loaders(args, cfg,
                                                            pin_memory=device.type == "cuda")
         cfg = REAL if is_real and not args.smoke else cfg     # real CIFAR-10: its own preset

@@ -62,6 +62,7 @@ from torchnotes.checkpoint import (
     RunLock,
     atomic_save,
     load_checkpoint,
+    load_weights,
     resume_or_start,
     rng_state,
     set_rng_state,
@@ -275,7 +276,11 @@ def run(argv) -> dict:
                     held.enter_context(RunLock(prepare_out_dir(args.out_dir)))
                     found = resume_or_start(args.out_dir, resume=args.resume,
                                             overwrite=args.overwrite, pattern=PATTERN,
-                                            settings=run_settings(args))
+                                            settings=run_settings(args),
+                                            keys=("model", "optimizer", "rng", "losses",
+                                                  "epoch"))
+                    if found:             # a file of another model stops here, on rank 0
+                        load_weights(Moli(), found[1]["model"], source=str(found[0]))
                 except NoteError as err:
                     refused = err
             box = [found[1] if found else None, refused is not None]
