@@ -43,6 +43,7 @@ above, watch torchrun restart the group, which resumes from the epoch-1 checkpoi
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import sys
@@ -288,6 +289,9 @@ def run(argv) -> dict:
             if box[1]:                    # rank 0 says why; the others leave without a word
                 raise refused if rank == 0 else SystemExit(1)
             out = step_1_train(args, cfg, rank, world, device, box[0])
+        # The DDP wrapper is in a reference cycle: free it (and its hold on the process group)
+        # now, not in the interpreter's exit, where gloo's threads die with SIGABRT.
+        gc.collect()
     finally:
         dist.destroy_process_group()
     if rank != 0:
