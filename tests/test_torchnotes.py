@@ -203,6 +203,12 @@ def test_data_source_forces_stand_in_for_smoke(capsys):
     assert data_source(argparse.Namespace(smoke=False, data="real")) == "real"
     assert data_source(argparse.Namespace(smoke=True, data="auto")) == "synthetic"
     assert capsys.readouterr().out == ""
+    # --download in a smoke run once met "for the real photos add --download"
+    assert data_source(argparse.Namespace(smoke=True, data="auto", download=True)) == "synthetic"
+    assert "--smoke always uses the built-in stand-in; --download is ignored" in \
+        capsys.readouterr().out
+    data_source(argparse.Namespace(smoke=True, data="real", download=True))
+    assert "--data real and --download are ignored" in capsys.readouterr().out
 
 
 def test_check_raises_proves_an_error_and_fails_without_one(capsys):

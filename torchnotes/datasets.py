@@ -51,9 +51,17 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def data_source(args: argparse.Namespace) -> str:
     """The source a run uses: smoke runs always use the stand-in (and say so over --data real)."""
-    if getattr(args, "smoke", False) and args.data == "real":
-        print("data: --smoke always uses the built-in stand-in; --data real is ignored")
+    _smoke_ignores(args)
     return "synthetic" if getattr(args, "smoke", False) else args.data
+
+
+def _smoke_ignores(args: argparse.Namespace) -> None:
+    """A smoke run asked for real data (--data real, --download): say those flags are ignored."""
+    asked = [flag for flag, on in (("--data real", args.data == "real"),
+                                   ("--download", getattr(args, "download", False))) if on]
+    if getattr(args, "smoke", False) and asked:
+        print(f"data: --smoke always uses the built-in stand-in; {' and '.join(asked)} "
+              f"{'is' if len(asked) == 1 else 'are'} ignored")
 
 
 # --- real datasets: the decision, a bounded download, one clear error -------------------------
@@ -84,8 +92,8 @@ def use_real(args: argparse.Namespace, name: str = "CIFAR-10", *, verbose: bool 
     root = Path(args.data_root) if getattr(args, "data_root", None) else data_root()
     present = (root / marker).is_file()
     if getattr(args, "smoke", False):
-        if args.data == "real":
-            print("data: --smoke always uses the built-in stand-in; --data real is ignored")
+        if verbose:
+            _smoke_ignores(args)
         real = False
     elif args.data == "real" and not present and not args.download:
         raise NoteError(f"--data real: {name} is not under {root / Path(marker).parts[0]}. "
@@ -96,7 +104,7 @@ def use_real(args: argparse.Namespace, name: str = "CIFAR-10", *, verbose: bool 
     if verbose:
         print(f"data: real {name} from {root}" if real else
               f"data: built-in {name}-shaped stand-in (no download); for real {name} add "
-              f"--download or see data/README.md")
+              f"--download (not with --smoke) or see data/README.md")
     return real
 
 
@@ -411,6 +419,6 @@ def hymenoptera(source: str = "auto", *, out_dir, root=None, seed: int = 0,
                               val_per_class=val_per_class)
     if verbose:
         print(f"data: built-in ants/bees stand-in, {2 * (train_per_class + val_per_class)} JPEGs "
-              f"written to {folder} (no download); for the real photos add --download or see "
-              f"data/README.md")
+              f"written to {folder} (no download); for the real photos add --download (not "
+              f"with --smoke) or see data/README.md")
     return folder
