@@ -297,7 +297,9 @@ def check_out_dir(path: str | os.PathLike) -> Path:
             raise OSError(errno.ENAMETOOLONG, "File name too long", str(path))
         if path.exists() and not path.is_dir():
             raise NoteError(f"{what} is a file; expected a folder. Fix: {fix}")
-        existing = next(p for p in (path, *path.parents) if p.exists())   # "." at worst
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None:                       # not even "." (a deleted working folder)
+            raise OSError(errno.ENOENT, "No such file or directory", str(path))
         if not existing.is_dir():
             raise OSError(errno.ENOTDIR, "Not a directory", str(existing))
         if not os.access(existing, os.W_OK | os.X_OK):
