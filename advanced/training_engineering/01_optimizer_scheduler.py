@@ -31,7 +31,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.tensorboard import SummaryWriter
 
-from torchnotes import check, make_parser, start
+from torchnotes import check, make_parser, output_folder, start
 
 FULL = dict(total_steps=100, warmup_steps=10, train_steps=300)
 SMOKE = dict(total_steps=40, warmup_steps=5, train_steps=100)
@@ -227,11 +227,12 @@ def main(argv=None) -> dict:
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
     results = {"adam": step_1_adamw_vs_adam_l2(device), "groups": step_2_param_groups(device)}
-    with SummaryWriter(log_dir=str(args.out_dir)) as writer:
+    log_dir = output_folder(args.out_dir, "tb")          # replaced each run: no mixed curves
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
         results["schedules"] = step_3_and_4_schedules(cfg["total_steps"], cfg["warmup_steps"],
                                                       writer)
     results["train"] = step_5_train_with_recipe(device, cfg["train_steps"], cfg["warmup_steps"])
-    print(f"summary: schedules written to {args.out_dir} (tensorboard --logdir {args.out_dir}); "
+    print(f"summary: schedules written to {log_dir} (tensorboard --logdir {log_dir}); "
           f"recipe loss {results['train']['first']:.3f} -> {results['train']['last']:.4f}")
     return results
 

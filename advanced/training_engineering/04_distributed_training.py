@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from torchnotes import NoteError, check, make_parser, output_folder, start
+from torchnotes import check, make_parser, output_folder, start
 
 FULL = dict(world_size=4, numel=1_000_000, features=32, hidden=64, classes=10, batch=64,
             steps=20, lr=0.1)
@@ -188,14 +188,7 @@ def pick_backend(device: torch.device, world_size: int) -> str:
 def run_workers(cfg: dict, backend: str, out_dir: Path) -> list[dict]:
     """Start ``world_size`` processes with ``mp.spawn``, wait for all, read their results."""
     n = cfg["world_size"]
-    folder = output_folder(out_dir, "ranks")
-    for old in [*folder.glob("rank_*.pt"), folder / "rendezvous"]:
-        try:
-            old.unlink(missing_ok=True)    # never read an earlier run's results or store
-        except OSError as err:             # a folder of that name, say
-            raise NoteError(f"{old}: an earlier run's file that cannot be removed "
-                            f"({err.strerror}); move it away, or choose another "
-                            f"--out-dir") from None
+    folder = output_folder(out_dir, "ranks")   # emptied: no earlier run's results or store
     # mp.spawn(fn, args, nprocs) calls fn(rank, *args) in nprocs fresh processes ("spawn":
     # each re-imports torch) and raises here if any of them fails.
     rendezvous = (folder / "rendezvous").resolve().as_uri()          # file:///.../rendezvous
