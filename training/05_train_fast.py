@@ -7,7 +7,8 @@ augmented (random crop with 4-pixel padding + horizontal flip, as one batched ga
 default for real CIFAR-10, off for the stand-in, see ``--augment``), converted and normalised
 there, with no per-image Python work and no DataLoader. The model runs
 in ``channels_last`` memory format under ``torch.autocast`` (bf16 where the device has native
-bf16 math), with a fused Adam and ``zero_grad(set_to_none=True)``; ``--compile`` adds
+bf16 math; float16 with a ``GradScaler`` on GPUs without bf16), with a fused Adam and
+``zero_grad(set_to_none=True)``; ``--compile`` adds
 ``torch.compile`` (its first-step compile time is reported on its own line). Batches are 4x
 larger (256) and Adam's learning rate grows by sqrt(4) = 2 (square-root scaling suits Adam).
 What each switch is worth on your machine: ``python training/06_benchmark.py``.
@@ -153,6 +154,9 @@ def step_4_train(model, splits, mean, std, device, dtype, cfg, gen, compile_mode
     x_pad = F.pad(x_tr, (0, 0, PAD, PAD, PAD, PAD)) if cfg["augment"] else None  # (N,40,40,3)
     # fused=True: one kernel updates every parameter (CUDA and CPU); else foreach.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], fused=True)
+    # float16 (GPUs without bf16) needs its gradients scaled up so small ones do not flush to
+    # zero (advanced/training_engineering/02); bf16 has float32's range: the scaler stays off.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step_fn = torch.compile(model) if compile_model else model
     bs, n = cfg["batch_size"], len(x_tr)
     logged, seconds, seen = [], 0.0, 0
@@ -175,8 +179,9 @@ def step_4_train(model, splits, mean, std, device, dtype, cfg, gen, compile_mode
                                 enabled=dtype is not None):
                 loss = F.cross_entropy(step_fn(inp), y_tr[idx])
             optimizer.zero_grad(set_to_none=True)            # no zero-filling kernels
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()                    # plain backward() when off
+            scaler.step(optimizer)
+            scaler.update()
             if compile_model and epoch == 1 and i == 0:
                 synchronize(device)
                 print(f"torch.compile: first step took {time.perf_counter() - t0:.1f} s "

@@ -116,6 +116,7 @@ class Fast:
         self.dtype = fast.autocast_dtype(device)
         self.model = Moli().to(device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=2e-3, fused=True)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.losses = []
 
     def step(self) -> int:
@@ -134,8 +135,9 @@ class Fast:
                                 enabled=self.dtype is not None):
                 loss = F.cross_entropy(self.model(inp), self.y[idx])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()               # float16 only: see 05
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.losses.append(loss.detach())
         return self.bs
 
