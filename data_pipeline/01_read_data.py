@@ -44,9 +44,11 @@ class MyData(Dataset):
         self.label_dir = label_dir
         self.path = os.path.join(root_dir, label_dir)
         # os.listdir's order is whatever the file system gives: sort it, so item i is the same
-        # file on every machine. Skip anything that is not a picture (.DS_Store, notes.txt).
+        # file on every machine. Skip anything that is not a picture file (.DS_Store,
+        # notes.txt, a folder named like an image), as ImageFolder does.
         self.img_path = sorted(name for name in os.listdir(self.path)
-                               if name.lower().endswith((".jpg", ".jpeg", ".png")))
+                               if name.lower().endswith((".jpg", ".jpeg", ".png"))
+                               and os.path.isfile(os.path.join(self.path, name)))
 
     def __len__(self) -> int:
         return len(self.img_path)

@@ -129,6 +129,16 @@ def test_01_mydata_reads_files_and_labels(note, stand_in):
     assert img.size == Image.open(stand_in / "train" / "ants" / ants.img_path[2]).size
 
 
+def test_01_skips_what_is_not_a_picture_file_as_imagefolder_does(note, stand_in):
+    """A folder named like an image once made MyData list 7 items against ImageFolder's 6."""
+    mod = note("data_pipeline/01_read_data.py")
+    (stand_in / "train" / "ants" / "album.jpg").mkdir()
+    (stand_in / "train" / "ants" / "notes.txt").write_text("not a picture")
+    ants = mod.MyData(str(stand_in / "train"), "ants")
+    assert "album.jpg" not in ants.img_path and "notes.txt" not in ants.img_path
+    mod.step_1_same_files_as_imagefolder(str(stand_in / "train"))    # the claim holds
+
+
 def test_01_bad_input(note, stand_in):
     mod = note("data_pipeline/01_read_data.py")
     with pytest.raises(FileNotFoundError, match=str(stand_in / "train" / "wasps")):
