@@ -83,8 +83,8 @@ def complete_archive(path: Path, out_dir: Path) -> None:
     directory or CRCs are missing. Checked here so that it is named, not a miniz traceback."""
     try:
         with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()                     # reads every member, checks its CRC
-        bad = bad and f"its member {bad} fails its CRC check"
+            first_bad = archive.testzip()               # reads every member, checks its CRC
+        bad = None if first_bad is None else f"its member {first_bad} fails its CRC check"
     except (zipfile.BadZipFile, OSError) as err:
         bad = f"not a zip archive: {err}"
     if bad is not None:

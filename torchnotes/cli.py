@@ -192,12 +192,17 @@ def output_file(out_dir: str | os.PathLike, name: str) -> Path:
     note's work, with the path named; the note never writes through a link into a file
     elsewhere, and never replaces a folder.
     """
-    path = prepare_out_dir(out_dir) / name
+    return _plain_file_or_nothing(prepare_out_dir(out_dir) / name, "(replaced each run)")
+
+
+def _plain_file_or_nothing(path: Path, note: str = "") -> Path:
+    """``path`` if nothing or a plain file is there; a folder or a link: NoteError by name
+    (a note never replaces a folder, nor writes through a link into a file elsewhere)."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         kind = "a link" if path.is_symlink() else "a folder"
-        raise NoteError(f"{path} is {kind}; this note writes a file of that name (replaced each "
-                        f"run). Fix: move it away, or choose another folder with --out-dir "
-                        f"NEW_DIR.")
+        also = f" {note}" if note else ""
+        raise NoteError(f"{path} is {kind}; this note writes a file of that name{also}. Fix: "
+                        f"move it away, or choose another folder with --out-dir NEW_DIR.")
     return path
 
 
@@ -260,11 +265,7 @@ def writable_file(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
 
     Checkpoints are what a learner keeps; an earlier run's file is never replaced silently.
     """
-    path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        kind = "a link" if path.is_symlink() else "a folder"       # --overwrite never helps
-        raise NoteError(f"{path} is {kind}; this note writes a file of that name. Fix: move "
-                        f"it away, or choose another folder with --out-dir NEW_DIR.")
+    path = _plain_file_or_nothing(Path(path))            # --overwrite never replaces those
     if path.exists() and not overwrite:
         raise NoteError(
             f"{path} already exists (left by an earlier run). Keep it by choosing another "
