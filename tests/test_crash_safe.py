@@ -20,6 +20,7 @@ from torch import nn
 from torchnotes import (
     NoteError,
     checkpoint,
+    cli,
     output_file,
     output_folder,
     prepare_out_dir,
@@ -352,3 +353,65 @@ def test_finding_8_a_second_checkout_is_detected(tmp_path, capsys):
     start(make_parser(str(script), "doc"), ["--device", "cpu"])
     assert capsys.readouterr().out.startswith("note: this script is in the checkout")
 
+
+
+def _full_disk_at(limit: int) -> None:
+    """In a forked child: every file this process writes past ``limit`` bytes fails, as on a
+    full disk (RLIMIT_FSIZE: the write gets EFBIG instead of the SIGXFSZ kill)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.skipif(not FORK, reason="needs os.fork and RLIMIT_FSIZE (Linux, macOS)")
+def test_a_full_disk_mid_save_keeps_the_previous_checkpoint_and_no_temp(tmp_path):
+    path = atomic_save(_ckpt(1, 1.0), tmp_path / "a.pth")
+    before = path.read_bytes()
+
+    def target():
+        _full_disk_at(64 * 1024)
+        try:
+            atomic_save({"epoch": 2, "model": {"w": torch.ones(100_000)}}, path)   # 400 kB
+        except (OSError, RuntimeError) as err:
+            print(cli.disk_full_message(err, tmp_path))
+            return
+        raise AssertionError("the save past the limit did not fail")
+
+    child = ForkedJob(target, tmp_path / "child.log", background=False)
+    assert child.wait() == 0, child.read_log()
+    log = child.read_log()
+    assert f"could not be written: File too large. The disk holding --out-dir {tmp_path}" in log
+    assert "Fix: free some space, or pass --out-dir on a disk with room" in log
+    assert path.read_bytes() == before and load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "a.pth.sha256", "child.log"]
+
+
+def test_a_full_disk_is_one_line_and_other_errors_keep_their_traceback(tmp_path, monkeypatch,
+                                                                       capsys):
+    parser = make_parser(str(REPO_ROOT / "training" / "01_train.py"), None)
+    start(parser, ["--out-dir", str(tmp_path / "run")])
+    monkeypatch.setitem(cli._run, "told_disk_full", False)
+    passed_on = []
+    monkeypatch.setitem(cli._run, "previous_hook", lambda *exc: passed_on.append(exc[1]))
+    try:                                    # what torch.save raises after a short write
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos") from err
+    except RuntimeError as err:
+        torch_error = err
+    cli._excepthook(RuntimeError, torch_error, None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: a file could not be written: No space left on device. "
+                          f"The disk holding --out-dir {tmp_path / 'run'} has ")
+    cli._excepthook(OSError, OSError(errno.ENOSPC, "No space left on device"), None)
+    assert capsys.readouterr().err == ""                  # said once (a thread, then main)
+    other = OSError(errno.EIO, "Input/output error")
+    cli._excepthook(OSError, other, None)
+    assert passed_on == [other]                           # anything else: Python's traceback
+    # torch.save's own message alone (no OSError behind it) is a full disk too
+    assert "stopped short" in cli.disk_full_message(RuntimeError("unexpected pos 7 vs 9"), None)
+    assert cli.disk_full_message(RuntimeError("unexpected key"), None) is None

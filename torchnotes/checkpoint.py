@@ -93,11 +93,15 @@ def _pause(stage: str) -> None:
 
 def _write_atomically(data: bytes, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:              # a full disk, Ctrl-C: no half-written temp is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
@@ -107,20 +111,24 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")    # same folder: os.replace never copies
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())                     # the bytes are on disk before the rename
-    _pause("before_sidecar")
-    # The checksum goes first, so a file under its final name always has its .sha256 beside
-    # it. Replacing a valid file, its hash stays listed until the rename is done: a crash in
-    # between leaves the previous file, still loadable.
-    new = sha256_file(tmp)
-    old = [h for h in [sha256_file(path)] if h in _recorded(path)] if path.is_file() else []
-    _write_atomically("".join(f"{h}  {path.name}\n" for h in [new, *old]).encode(),
-                      sidecar(path))
-    _pause("before_replace")
-    os.replace(tmp, path)                        # atomic: the old file or the new, never half
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())                 # the bytes are on disk before the rename
+        _pause("before_sidecar")
+        # The checksum goes first, so a file under its final name always has its .sha256
+        # beside it. Replacing a valid file, its hash stays listed until the rename is done:
+        # a crash in between leaves the previous file, still loadable.
+        new = sha256_file(tmp)
+        old = [h for h in [sha256_file(path)] if h in _recorded(path)] if path.is_file() else []
+        _write_atomically("".join(f"{h}  {path.name}\n" for h in [new, *old]).encode(),
+                          sidecar(path))
+        _pause("before_replace")
+        os.replace(tmp, path)                    # atomic: the old file or the new, never half
+    except BaseException:     # a full disk or Ctrl-C: the previous file stays, no temp is left
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_folder(path.parent)                   # the rename itself is on disk
     if old:
         _write_atomically(f"{new}  {path.name}\n".encode(), sidecar(path))

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import weakref
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
 # deleting the first one's stand-in data or logs under it. Notes that write nothing claim
 # nothing.
 
-_run: dict = {"out_dir": None, "claims": {}, "token": None}   # this process's current run
+_run: dict = {"out_dir": None, "claims": {}, "token": None,    # this process's current run
+              "last_out_dir": None, "told_disk_full": False,
+              "previous_hook": sys.excepthook, "previous_thread_hook": threading.excepthook}
 
 
 def lock_out_dir(out_dir: Path) -> int:
@@ -150,6 +153,63 @@ def _end_run(token: object = None) -> None:
     _run["out_dir"] = _run["token"] = None
 
 
+# ---- a full disk ----------------------------------------------------------------------------
+# A write that fails because the disk (a quota, a file-size limit) is full surfaces as an
+# OSError deep inside torch.save, TensorBoard's writer thread or PIL, or as torch.save's
+# "unexpected pos" RuntimeError. start() installs a hook that turns such an uncaught error
+# into one line naming the folder, its free space and the fix; every other error keeps its
+# traceback.
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_TORCH_WRITER_ERRORS = ("unexpected pos", "PytorchStreamWriter failed writing")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """What went wrong, when ``exc`` (or an error it arose from) means a file could not be
+    written for lack of space: ``"No space left on device"``; ``None`` for any other error."""
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return exc.strerror or os.strerror(exc.errno)
+        if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITER_ERRORS):
+            found = "torch.save's file writer stopped short (the disk is likely full)"
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def disk_full_message(exc: BaseException, out_dir: str | os.PathLike | None) -> str | None:
+    """The one-line error a full disk gets (None for any other error)."""
+    why = write_failure(exc)
+    if why is None:
+        return None
+    folder = Path(out_dir) if out_dir is not None else Path.cwd()
+    where = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    try:
+        free = f"{shutil.disk_usage(where).free / 2**20:,.1f} MiB free" if where else "?"
+    except OSError:
+        free = "free space unknown"
+    return (f"error: a file could not be written: {why}. The disk holding --out-dir {folder} "
+            f"has {free}; a file this run was writing may be cut short. Fix: free some "
+            f"space, or pass --out-dir on a disk with room.")
+
+
+def _excepthook(kind, exc, tb) -> None:
+    line = disk_full_message(exc, _run["last_out_dir"])
+    if line is None:
+        _run["previous_hook"](kind, exc, tb)
+    elif not _run["told_disk_full"]:
+        _run["told_disk_full"] = True
+        print(line, file=sys.stderr)
+
+
+def _thread_excepthook(args) -> None:      # TensorBoard writes its event files in a thread
+    if disk_full_message(args.exc_value, _run["last_out_dir"]) is None:
+        _run["previous_thread_hook"](args)
+    else:
+        _excepthook(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -170,9 +230,14 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
                      f"({2**64 - 1}); pick a smaller seed")
     if getattr(args, "out_dir", None) is not None:
         check_out_dir(args.out_dir)             # a bad folder stops here, before any work
-        _run["out_dir"] = Path(args.out_dir).resolve()      # claimed at its first write
+        out_dir = _run["last_out_dir"] = Path(args.out_dir).resolve()   # for _excepthook
+        _run["out_dir"] = out_dir                   # claimed at its first write
         _run["token"] = token = object()
         weakref.finalize(args, _end_run, token)     # main() returned: its flags are freed
+    if sys.excepthook is not _excepthook:       # a full disk: one line, not a traceback
+        _run["previous_hook"], sys.excepthook = sys.excepthook, _excepthook
+        _run["previous_thread_hook"], threading.excepthook = (threading.excepthook,
+                                                              _thread_excepthook)
     # A path or name the terminal cannot encode prints as \xe9 instead of crashing the run.
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")
