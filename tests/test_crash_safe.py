@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -409,6 +410,18 @@ def test_a_full_disk_is_one_line_and_other_errors_keep_their_traceback(tmp_path,
                           f"The disk holding --out-dir {tmp_path / 'run'} has ")
     cli._excepthook(OSError, OSError(errno.ENOSPC, "No space left on device"), None)
     assert capsys.readouterr().err == ""                  # said once (a thread, then main)
+    # TensorBoard's writer thread hits the full disk first: its line, then none from main
+    monkeypatch.setitem(cli._run, "told_disk_full", False)
+
+    def writer():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+    assert capsys.readouterr().err.count("error: a file could not be written") == 1
+    cli._excepthook(RuntimeError, torch_error, None)
+    assert capsys.readouterr().err == ""
     other = OSError(errno.EIO, "Input/output error")
     cli._excepthook(OSError, other, None)
     assert passed_on == [other]                           # anything else: Python's traceback

@@ -236,8 +236,9 @@ def start(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
         weakref.finalize(args, _end_run, token)     # main() returned: its flags are freed
     if sys.excepthook is not _excepthook:       # a full disk: one line, not a traceback
         _run["previous_hook"], sys.excepthook = sys.excepthook, _excepthook
-        _run["previous_thread_hook"], threading.excepthook = (threading.excepthook,
-                                                              _thread_excepthook)
+    if threading.excepthook is not _thread_excepthook:
+        _run["previous_thread_hook"] = threading.excepthook
+        threading.excepthook = _thread_excepthook
     # A path or name the terminal cannot encode prints as \xe9 instead of crashing the run.
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")
