@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
+import zlib
 from pathlib import Path
 from urllib.error import URLError
 
@@ -286,6 +288,19 @@ def test_corrupt_or_non_image_file(tmp_path, content):
     message = str(err.value)
     assert f"{bad} is not a readable image" in message
     assert "Expected a JPEG or PNG" in message and "delete or replace" in message
+
+
+def test_a_decompression_bomb_is_named_not_decoded(tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    bomb = tmp_path / "bomb.png"                        # 45 bytes that claim 20,000 x 20,000
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 1, 0, 0, 0, 0)     # 1-bit grey
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(NoteError, match="bomb.png is not a readable image "
+                                        r"\(DecompressionBombError: Image size \(400000000"):
+        load_image(bomb)
 
 
 def test_truncated_real_jpeg_is_caught(tmp_path):

@@ -292,7 +292,8 @@ def image_errors(path):
     """Around ``Image.open(path)``: a missing or unreadable file becomes a NoteError naming it."""
     try:
         yield
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:      # a few kB that decode to 400 M pixels
         raise NoteError(
             f"{path} is not a readable image ({short_reason(err)}). Expected a JPEG or PNG file in "
             f"{FOLDER_LAYOUT}. Fix: delete or replace that file (unzip the dataset again).") \
