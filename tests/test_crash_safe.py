@@ -276,21 +276,32 @@ def test_resume_or_start_refuses_a_folder_named_like_a_checkpoint(tmp_path):
     ("data_pipeline/01_read_data.py", "stand-in-data", "file"),
     ("training/01_train.py", "tensorboard", "file"),
     ("training/01_train.py", "moli_epoch_2.pth.sha256", "folder"),
+    # A link at a temp or lock name: the run's bytes, or its pid, once went into the file the
+    # link points to (the checkpoint temp then became moli_epoch_1.pth, a link to it).
+    ("training/01_train.py", ".moli_epoch_1.pth.tmp", "link"),
+    ("data_pipeline/01_read_data.py", ".lock", "link"),
+    ("data_pipeline/01_read_data.py", ".lock", "folder"),
+    ("data_pipeline/01_read_data.py", ".lock", "file"),        # a file of the user's: "keep"
 ])
 def test_notes_refuse_a_crafted_entry_and_leave_it(note, tmp_path, rel, name, kind):
     """These once ended in IsADirectoryError/NotADirectoryError tracebacks, the PNG notes after
-    all their training; now each names the entry, most before any work, and leaves it."""
+    all their training, or wrote through the link; now each names the entry, most before any
+    work, and leaves it."""
     out = tmp_path / "out"
     out.mkdir()
     if kind == "folder":
         (out / name).mkdir()
         (out / name / "mine.txt").write_text("keep")
+    elif kind == "link":
+        (tmp_path / "elsewhere.txt").write_text("keep")
+        (out / name).symlink_to(tmp_path / "elsewhere.txt")
     else:
         (out / name).write_text("keep")
-    with pytest.raises(NoteError, match=f"{name} (is a|already exists and was not generated)"):
+    with pytest.raises(NoteError, match=f"{name} (is a|is not a lock file|already exists and "
+                                        f"was not generated)"):
         note(rel).main(["--smoke", "--device", "cpu", "--out-dir", str(out)])
     kept = out / name / "mine.txt" if kind == "folder" else out / name
-    assert kept.read_text() == "keep"
+    assert kept.read_text() == "keep" and (kind == "link") == (out / name).is_symlink()
 
 
 @pytest.mark.skipif(fcntl is None, reason="no flock on this platform: one run per folder is "

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import NoteError, claims_out_dir, lock_out_dir
+from .cli import NoteError, _plain_file_or_nothing, claims_out_dir, lock_out_dir
 
 try:
     import fcntl
@@ -91,10 +91,19 @@ def _pause(stage: str) -> None:
         time.sleep(float(seconds))
 
 
+def _new_temp(path: Path) -> Path:
+    """``.<name>.tmp`` beside ``path``, not there yet: a killed save's leftover file is removed;
+    a link or a folder planted at that name is refused by name and left as it is (writing
+    through a link would overwrite the file it points to)."""
+    tmp = _plain_file_or_nothing(path.with_name(f".{path.name}.tmp"), "(a temporary one)")
+    tmp.unlink(missing_ok=True)
+    return tmp
+
+
 def _write_atomically(data: bytes, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _new_temp(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:           # x: a new file, never through a link made since
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -110,9 +119,9 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     _saves += 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")    # same folder: os.replace never copies
+    tmp = _new_temp(path)                        # same folder: os.replace never copies
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())                 # the bytes are on disk before the rename
@@ -332,6 +341,9 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
         if path.is_dir():         # never loaded, never removed (--overwrite removes files)
             raise NoteError(f"{path} is a folder where this run keeps a checkpoint file (or its "
                             f"checksum); move it away, or choose another --out-dir NEW_DIR")
+    for path in [*out_dir.glob(f".{pattern}.tmp"), *out_dir.glob(f".{pattern}.sha256.tmp")]:
+        _plain_file_or_nothing(path, "(a temporary one)")   # a link or folder: refused now,
+                                                            # not at the first save
     for name in extra:
         if (out_dir / name).exists() and not (out_dir / name).is_dir():
             raise NoteError(f"{out_dir / name} is a file where this run writes its {name} "

@@ -7,6 +7,7 @@ import errno
 import os
 import random
 import shutil
+import stat
 import sys
 import threading
 import weakref
@@ -107,14 +108,32 @@ _run: dict = {"out_dir": None, "claims": {}, "token": None,    # this process's 
 
 
 def lock_out_dir(out_dir: Path) -> int:
-    """Open ``out_dir/.lock`` and take its exclusive lock (it then holds our pid); the fd."""
+    """Open ``out_dir/.lock`` and take its exclusive lock (it then holds our pid); the fd.
+
+    Only a lock file is ever rewritten: a link, a folder, or a file holding anything but a
+    pid at that name is refused by name and left as it is (writing our pid through a link
+    planted there would overwrite the file it points to).
+    """
     path = out_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    refused = NoteError(f"{path} is not a lock file of these notes (a link, a folder, or a file "
+                        f"holding other data); it is left as it is. Fix: move it away, or "
+                        f"choose another folder with --out-dir NEW_DIR.")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:                                  # ELOOP (a link), EISDIR (a folder)
+        raise refused from None
+    info = os.fstat(fd)
+    held = os.read(fd, 64)
+    os.lseek(fd, 0, os.SEEK_SET)
+    pid_or_nothing = held.strip().isdigit() or not held.strip()
+    if not (stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and pid_or_nothing):
+        os.close(fd)
+        raise refused
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            holder = held.decode(errors="replace").strip() or "?"
             os.close(fd)
             raise NoteError(f"--out-dir {out_dir} is in use by another run (pid {holder} holds "
                             f"{path.name}); wait for it to finish, or choose another folder "
@@ -265,7 +284,8 @@ def _plain_file_or_nothing(path: Path, note: str = "") -> Path:
     """``path`` if nothing or a plain file is there; a folder or a link: NoteError by name
     (a note never replaces a folder, nor writes through a link into a file elsewhere)."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        kind = "a link" if path.is_symlink() else "a folder"
+        kind = ("a link" if path.is_symlink() else "a folder" if path.is_dir()
+                else "not a plain file")
         also = f" {note}" if note else ""
         raise NoteError(f"{path} is {kind}; this note writes a file of that name{also}. Fix: "
                         f"move it away, or choose another folder with --out-dir NEW_DIR.")
