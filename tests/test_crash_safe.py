@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import tempfile
 import threading
 from pathlib import Path
 
@@ -329,19 +330,19 @@ def test_a_second_run_on_the_same_out_dir_stops_before_touching_it(note, tmp_pat
 
 
 def _deny_writes(monkeypatch, folder: Path):
-    """A read-only folder: chmod where it binds, a refusing touch() where we are root."""
+    """A read-only folder: chmod where it binds, a refusing write probe where we are root."""
     folder.mkdir(exist_ok=True)
     if os.geteuid() != 0:
         folder.chmod(0o555)
         return
-    real = Path.touch
+    real = tempfile.mkstemp
 
-    def touch(self, *args, **kwargs):
-        if folder in self.parents:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and (Path(dir) == folder or folder in Path(dir).parents):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(Path, "touch", touch)          # root ignores chmod
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # root ignores chmod
 
 
 def test_finding_7_read_only_out_dir_and_unwritable_runs_root(tmp_path, monkeypatch):

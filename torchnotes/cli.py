@@ -9,6 +9,7 @@ import random
 import shutil
 import stat
 import sys
+import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -438,9 +439,9 @@ def prepare_out_dir(path: str | os.PathLike) -> Path:
     try:
         _claim(path)
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)  # a new file, never
+        os.close(fd)                                              # through a planted link
+        os.unlink(probe)
     except OSError as err:
         raise _out_dir_error(path, err) from None
     return path
