@@ -251,6 +251,34 @@ def test_resume_refuses_a_valid_file_that_is_not_its_checkpoint(train01, tmp_pat
         train01.main([*SMOKE, "--out-dir", str(tmp_path), "--resume"])
 
 
+# One value of a real checkpoint, edited as a forger would (the .sha256 rewritten to match).
+EDITS = {
+    "epoch": lambda s: s.update(epoch=7),                       # the smoke run has 2
+    "step": lambda s: s.update(step=-32),
+    "losses": lambda s: s.update(losses=s["losses"].int()),
+    "test_loss": lambda s: s.update(test_loss="low"),
+    "random-generator state": lambda s: s["rng"].update(torch=s["rng"]["torch"][:3]),
+    "DataLoader generator state": lambda s: s.update(loader_generator=torch.zeros(5).byte()),
+    "optimizer state": lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(2)),
+}
+
+
+@pytest.mark.parametrize("what", list(EDITS))
+def test_resume_refuses_an_edited_checkpoint_before_training(train01, finished, tmp_path, what):
+    """A checksum proves the bytes are the saved ones, not who saved them: a file edited and
+    re-hashed once ran on (epoch -3: five epochs instead of two; epoch 10**9: a missing file)
+    or stopped in a traceback (an RNG state: in set_rng_state; Adam's moments: at the first
+    step). Now the edited value is named, before any training, and the files are kept."""
+    out = _copy(finished, tmp_path)
+    state = load_checkpoint(out / "moli_epoch_2.pth")
+    EDITS[what](state)
+    atomic_save(state, out / "moli_epoch_2.pth")
+    with pytest.raises(CheckpointError, match=f"moli_epoch_2.pth.*its {what} does not fit"):
+        train01.main([*SMOKE, "--out-dir", str(out), "--resume"])
+    assert load_checkpoint(out / "moli_epoch_2.pth").keys() == state.keys()
+    assert not (out / "moli_epoch_3.pth").exists()
+
+
 def test_finding_5_a_second_run_on_the_same_out_dir_stops(train01, tmp_path):
     with RunLock(tmp_path), pytest.raises(NoteError, match="is in use by another run"):
         train01.main([*SMOKE, "--out-dir", str(tmp_path)])

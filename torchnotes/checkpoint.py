@@ -14,6 +14,8 @@ rename); this module holds the details every script needs done the same way:
   tensors and plain numbers (so a checkpoint loads with ``weights_only=True``, no allow-list).
 * :func:`load_weights`: ``load_state_dict`` with a one-line error naming the first key that
   does not fit; ``strict=False`` only for an explicit list of keys allowed to differ.
+* :func:`load_optimizer`: the same for an optimizer's state (moments shaped like their
+  parameters).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from .cli import NoteError, _plain_file_or_nothing, claims_out_dir, lock_out_dir
+from .datasets import short_reason
 
 try:
     import fcntl
@@ -196,6 +199,13 @@ def _natural(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def _counter(state, key: str) -> int:
+    """``state[key]`` as a sort key; an edited value that is no count sorts first (--resume
+    then names it, if that file is the only one)."""
+    value = state.get(key, 0)
+    return value if type(value) is int else -1
+
+
 def latest_valid(out_dir: str | os.PathLike, pattern: str = "*.pth",
                  map_location="cpu") -> tuple[Path, dict] | None:
     """The newest checkpoint in ``out_dir`` that loads (by the epoch/step it stores, then name).
@@ -211,7 +221,7 @@ def latest_valid(out_dir: str | os.PathLike, pattern: str = "*.pth",
         except CheckpointError as err:
             bad.append((path, str(err).removeprefix("error: ")))
             continue
-        key = (int(state.get("epoch", 0)), int(state.get("step", 0)), _natural(path.name))
+        key = (*(_counter(state, k) for k in ("epoch", "step")), _natural(path.name))
         if best is None or key > best[0]:
             best = (key, path, state)
     for path, reason in bad:
@@ -315,9 +325,73 @@ def load_weights(model: torch.nn.Module, state: dict, *, may_differ=(),
                               f"{sorted(stray | set(result.unexpected_keys))[:3]}")
 
 
+_UNFIT = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+
+
+def _unfit(path: Path, what: str, why: str) -> CheckpointError:
+    return CheckpointError(f"--resume: {path.name} passed its checksum, but its {what} does not "
+                           f"fit this run ({why}): the file was edited, or written by another "
+                           f"program. Start afresh with --overwrite or --out-dir NEW_DIR", path)
+
+
+def _check_resumable(path: Path, state: dict, epochs: int | None) -> None:
+    """The counters and generator states a note restores, checked before any work: a checksum
+    proves the bytes are the ones saved, not that a program saved them (anyone can write a
+    file and its .sha256), so an edited epoch or state is named here, not met mid-run."""
+    epoch = state.get("epoch")
+    if epochs is not None and "epoch" in state and (
+            type(epoch) is not int or not 1 <= epoch <= epochs):
+        raise _unfit(path, "epoch", f"{epoch!r}; this run's checkpoints count 1 to {epochs}")
+    losses = state.get("losses")
+    if "losses" in state and not (isinstance(losses, torch.Tensor) and losses.dim() == 1
+                                  and losses.is_floating_point()):
+        raise _unfit(path, "losses", "expected a 1-D float tensor, one loss per step")
+    if "step" in state and not (type(state["step"]) is int and state["step"] >= 0):
+        raise _unfit(path, "step", f"{state['step']!r}; expected a count of steps")
+    if isinstance(state.get("rng"), dict):
+        current = rng_state()
+        try:
+            set_rng_state({k: v for k, v in state["rng"].items() if k != "cuda"})
+        except _UNFIT as err:
+            raise _unfit(path, "random-generator state", short_reason(err)) from None
+        finally:
+            set_rng_state(current)
+    for key in ("test_loss", "test_accuracy"):
+        if key in state and type(state[key]) not in (int, float):
+            raise _unfit(path, key, f"{state[key]!r}; expected a number")
+    if "loader_generator" in state:
+        try:
+            torch.Generator().set_state(state["loader_generator"])
+        except _UNFIT as err:
+            raise _unfit(path, "DataLoader generator state", short_reason(err)) from None
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, *,
+                   source: str = "the checkpoint") -> None:
+    """``optimizer.load_state_dict(state)``, first checking that every saved per-parameter
+    tensor (Adam's moments, SGD's momentum) has its parameter's shape: ``load_state_dict``
+    does not, and a wrong one would fail only at the next ``step()``."""
+    try:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        ids = [i for group in state["param_groups"] for i in group["params"]]
+        if len(ids) != len(params):
+            raise ValueError(f"{len(ids)} parameters saved, {len(params)} here")
+        for i, param in zip(ids, params, strict=True):
+            for name, value in state["state"].get(i, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"{name} of parameter {i} has shape {tuple(value.shape)}, "
+                                     f"the parameter {tuple(param.shape)}")
+        optimizer.load_state_dict(state)
+    except _UNFIT as err:
+        raise CheckpointError(f"{source}: its optimizer state does not fit this optimizer "
+                              f"({short_reason(err)}); start afresh with --overwrite or "
+                              f"--out-dir NEW_DIR") from None
+
+
 def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
                     pattern: str = "*.pth", extra: tuple[str, ...] = (),
-                    settings: dict | None = None, keys: tuple[str, ...] = ()):
+                    settings: dict | None = None, keys: tuple[str, ...] = (),
+                    epochs: int | None = None):
     """What an earlier run left in ``out_dir`` decides how this run starts.
 
     Returns ``None`` (start from the beginning) or ``(path, checkpoint)`` to continue from.
@@ -327,7 +401,8 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
       if checkpoints are there but none loads (never a silent fresh start over earlier work),
       or if it was written with other ``settings`` (the checkpoint's ``"settings"``: the
       preset and seed that decide the data, the batches and the schedule), or lacks one of
-      the ``keys`` the note restores (a file of another note's, with a valid checksum);
+      the ``keys`` the note restores (a file of another note's, with a valid checksum), or
+      holds an epoch outside 1..``epochs``, or counters or generator states that do not fit;
     * ``--overwrite``: the earlier run's whole set (checkpoints, their ``.sha256`` files,
       unfinished temp files, the ``extra`` folders such as ``tensorboard``) is removed first,
       so no stale file is left beside the new set;
@@ -391,6 +466,7 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
                                   f" (its keys: {', '.join(sorted(map(str, state))[:8])}): it "
                                   f"is not a checkpoint this note wrote. Start afresh with "
                                   f"--overwrite or --out-dir NEW_DIR", path)
+        _check_resumable(path, state, epochs)
         print(f"--resume: continuing from {path.name} (epoch {state.get('epoch')}, "
               f"step {state.get('step')})")
         return latest

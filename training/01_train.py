@@ -48,6 +48,7 @@ from torchnotes.checkpoint import (
     RunLock,
     atomic_save,
     load_checkpoint,
+    load_optimizer,
     load_weights,
     resume_or_start,
     rng_state,
@@ -118,7 +119,8 @@ def restore(checkpoint: dict, model, optimizer, train_loader, source="the checkp
     # model.load_state_dict(checkpoint["model"]), with one clear line if the file was saved
     # from another architecture (the first key that does not fit, both shapes).
     load_weights(model, checkpoint["model"], source=str(source))
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    # optimizer.load_state_dict(checkpoint["optimizer"]), after checking the moments' shapes
+    load_optimizer(optimizer, checkpoint["optimizer"], source=str(source))
     set_rng_state(checkpoint["rng"])
     train_loader.generator.set_state(checkpoint["loader_generator"])
 
@@ -225,9 +227,10 @@ def main(argv=None) -> dict:
     out_dir = prepare_out_dir(args.out_dir)       # a bad --out-dir stops us before training
     with RunLock(out_dir):                        # one run per folder at a time
         settings = run_settings(args)
+        preset = {"smoke": SMOKE, "full": FULL, "real": REAL}[settings["preset"]]
         resumed = resume_or_start(out_dir, resume=args.resume, overwrite=args.overwrite,
                                   pattern="moli_epoch_*.pth", extra=("tensorboard",),
-                                  settings=settings, keys=RESTORED)
+                                  settings=settings, keys=RESTORED, epochs=preset["epochs"])
         train_loader, test_loader, is_real = cifar_loaders(args, cfg)
         cfg = REAL if is_real and not args.smoke else cfg     # real CIFAR-10: its own preset
         cfg = dict(cfg, settings=settings)

@@ -40,6 +40,7 @@ from torchnotes import check, make_parser, prepare_out_dir, start, synchronize
 from torchnotes.checkpoint import (
     RunLock,
     atomic_save,
+    load_optimizer,
     load_weights,
     resume_or_start,
     rng_state,
@@ -144,7 +145,7 @@ def step_3_train_timed(loaders, device: torch.device, cfg: dict, out_dir, resume
     if resumed is not None:
         path, ckpt = resumed
         load_weights(model, ckpt["model"], source=str(path))   # load_state_dict, clear errors
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer(optimizer, ckpt["optimizer"], source=str(path))   # the same, Adam's
         scheduler.load_state_dict(ckpt["scheduler"])        # where the lr schedule stood
         set_rng_state(ckpt["rng"])
         train_loader.generator.set_state(ckpt["loader_generator"])
@@ -194,7 +195,9 @@ def main(argv=None) -> dict:
                                   pattern="moli_device_epoch_*.pth", settings=settings,
                                   keys=("model", "optimizer", "scheduler", "rng",
                                         "loader_generator", "losses", "epoch", "test_loss",
-                                        "test_accuracy"))
+                                        "test_accuracy"),
+                                  epochs={"smoke": SMOKE, "full": FULL,
+                                          "real": REAL}[settings["preset"]]["epochs"])
         train_loader, test_loader, is_real = cifar_loaders(args, cfg,
                                                            pin_memory=device.type == "cuda")
         cfg = REAL if is_real and not args.smoke else cfg     # real CIFAR-10: its own preset

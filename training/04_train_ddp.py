@@ -63,6 +63,7 @@ from torchnotes.checkpoint import (
     RunLock,
     atomic_save,
     load_checkpoint,
+    load_optimizer,
     load_weights,
     resume_or_start,
     rng_state,
@@ -279,9 +280,11 @@ def run(argv) -> dict:
                                             overwrite=args.overwrite, pattern=PATTERN,
                                             settings=run_settings(args),
                                             keys=("model", "optimizer", "rng", "losses",
-                                                  "epoch"))
+                                                  "epoch"), epochs=cfg["epochs"])
                     if found:             # a file of another model stops here, on rank 0
-                        load_weights(Moli(), found[1]["model"], source=str(found[0]))
+                        load_weights(probe := Moli(), found[1]["model"], source=str(found[0]))
+                        load_optimizer(torch.optim.Adam(probe.parameters()),
+                                       found[1]["optimizer"], source=str(found[0]))
                 except NoteError as err:
                     refused = err
             box = [found[1] if found else None, refused is not None]
