@@ -401,8 +401,8 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint_and_no_temp(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "a.pth.sha256", "child.log"]
 
 
-def test_a_full_disk_is_one_line_and_other_errors_keep_their_traceback(tmp_path, monkeypatch,
-                                                                       capsys):
+def test_a_full_disk_and_ctrl_c_are_one_line_other_errors_keep_a_traceback(tmp_path,
+                                                                           monkeypatch, capsys):
     parser = make_parser(str(REPO_ROOT / "training" / "01_train.py"), None)
     start(parser, ["--out-dir", str(tmp_path / "run")])
     monkeypatch.setitem(cli._run, "told_disk_full", False)
@@ -437,6 +437,11 @@ def test_a_full_disk_is_one_line_and_other_errors_keep_their_traceback(tmp_path,
     other = OSError(errno.EIO, "Input/output error")
     cli._excepthook(OSError, other, None)
     assert passed_on == [other]                           # anything else: Python's traceback
+    cli._excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)      # Ctrl-C: one line
+    assert capsys.readouterr().err == (
+        f"\nstopped by Ctrl-C. What this run wrote to --out-dir {tmp_path / 'run'} stays there; "
+        f"a checkpoint it was saving is dropped and the previous one kept (the training notes "
+        f"continue with --resume).\n")
     # torch.save's own message alone (no OSError behind it) is a full disk too
     assert "stopped short" in cli.disk_full_message(RuntimeError("unexpected pos 7 vs 9"), None)
     assert cli.disk_full_message(RuntimeError("unexpected key"), None) is None

@@ -173,12 +173,12 @@ def _end_run(token: object = None) -> None:
     _run["out_dir"] = _run["token"] = None
 
 
-# ---- a full disk ----------------------------------------------------------------------------
+# ---- a full disk, Ctrl-C ----------------------------------------------------------------------
 # A write that fails because the disk (a quota, a file-size limit) is full surfaces as an
 # OSError deep inside torch.save, TensorBoard's writer thread or PIL, or as torch.save's
 # "unexpected pos" RuntimeError. start() installs a hook that turns such an uncaught error
-# into one line naming the folder, its free space and the fix; every other error keeps its
-# traceback.
+# into one line naming the folder, its free space and the fix, and Ctrl-C into one line on
+# what was kept; every other error keeps its traceback.
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _TORCH_WRITER_ERRORS = ("unexpected pos", "PytorchStreamWriter failed writing")
@@ -215,6 +215,11 @@ def disk_full_message(exc: BaseException, out_dir: str | os.PathLike | None) -> 
 
 
 def _excepthook(kind, exc, tb) -> None:
+    if issubclass(kind, KeyboardInterrupt):   # Ctrl-C: what the learner wants to know
+        print(f"\nstopped by Ctrl-C. What this run wrote to --out-dir {_run['last_out_dir']} "
+              f"stays there; a checkpoint it was saving is dropped and the previous one kept "
+              f"(the training notes continue with --resume).", file=sys.stderr)
+        return
     line = disk_full_message(exc, _run["last_out_dir"])
     if line is None:
         _run["previous_hook"](kind, exc, tb)
