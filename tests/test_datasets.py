@@ -241,7 +241,10 @@ def test_corrupt_real_cifar10_is_a_clear_error(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     (folder / "batches.meta").write_bytes(b"not a pickle")          # looks present, is broken
-    with pytest.raises(NoteError, match=r"could not read CIFAR-10 from .*delete that folder"), \
+    (tmp_path / "MNIST").mkdir()          # the root holds another dataset: the fix names
+                                          # CIFAR-10's own folder, not the root
+    with pytest.raises(NoteError, match=rf"could not read CIFAR-10 from .*delete {folder} and "
+                                        rf"fetch it again"), \
             torchvision_errors("CIFAR-10", tmp_path, download=False):
         torchvision.datasets.CIFAR10(str(tmp_path), train=True)
 

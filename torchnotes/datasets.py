@@ -121,9 +121,10 @@ def torchvision_errors(name: str, root, download: bool, timeout: float = DOWNLOA
                 f"connection (or proxy) and run again with --download; or fetch it by hand as "
                 f"data/README.md describes; or use --data synthetic for the built-in stand-in."
             ) from None
-        raise NoteError(
+        own = Path(root) / Path(_REAL[name][0]).parts[0] if name in _REAL else Path(root)
+        raise NoteError(                    # its own folder: the root may hold other datasets
             f"could not read {name} from {root} ({short_reason(err)}). The files may be "
-            f"incomplete: delete that folder and fetch it again with --download (see "
+            f"incomplete: delete {own} and fetch it again with --download (see "
             f"data/README.md), or use --data synthetic for the built-in stand-in.") from None
 
 
