@@ -279,6 +279,20 @@ def test_resume_refuses_an_edited_checkpoint_before_training(train01, finished, 
     assert not (out / "moli_epoch_3.pth").exists()
 
 
+def test_03_resume_refuses_an_edited_scheduler_state(note, tmp_path):
+    """03 restores a CosineAnnealingLR: an edited last_epoch once failed at its first step()."""
+    mod = note("training/03_train_gpu_device.py")
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        torch.optim.Adam(torch.nn.Linear(2, 2).parameters()), T_max=2)
+    saved = scheduler.state_dict()
+    mod.load_scheduler(scheduler, dict(saved))                    # its own state: loads
+    with pytest.raises(CheckpointError, match=r"x.pth: its scheduler state does not fit this "
+                                              r"scheduler \(last_epoch is 'x', expected int\)"):
+        mod.load_scheduler(scheduler, dict(saved, last_epoch="x"), source="x.pth")
+    with pytest.raises(CheckpointError, match=r"keys \['T_max'\], expected"):
+        mod.load_scheduler(scheduler, {"T_max": 2})
+
+
 def test_finding_5_a_second_run_on_the_same_out_dir_stops(train01, tmp_path):
     with RunLock(tmp_path), pytest.raises(NoteError, match="is in use by another run"):
         train01.main([*SMOKE, "--out-dir", str(tmp_path)])

@@ -14,8 +14,8 @@ rename); this module holds the details every script needs done the same way:
   tensors and plain numbers (so a checkpoint loads with ``weights_only=True``, no allow-list).
 * :func:`load_weights`: ``load_state_dict`` with a one-line error naming the first key that
   does not fit; ``strict=False`` only for an explicit list of keys allowed to differ.
-* :func:`load_optimizer`: the same for an optimizer's state (moments shaped like their
-  parameters).
+* :func:`load_optimizer`, :func:`load_scheduler`: the same for an optimizer's state
+  (moments shaped like their parameters) and a scheduler's (its keys, values of their types).
 """
 
 from __future__ import annotations
@@ -386,6 +386,23 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, *,
         raise CheckpointError(f"{source}: its optimizer state does not fit this optimizer "
                               f"({short_reason(err)}); start afresh with --overwrite or "
                               f"--out-dir NEW_DIR") from None
+
+
+def load_scheduler(scheduler, state: dict, *, source: str = "the checkpoint") -> None:
+    """``scheduler.load_state_dict(state)``, first checking that ``state`` has this
+    scheduler's keys with values of the same types: ``load_state_dict`` copies whatever it is
+    given, and an edited value would fail only at the next ``step()``."""
+    mine = scheduler.state_dict()
+    if not isinstance(state, dict) or state.keys() != mine.keys():
+        why = (f"keys {sorted(state)[:6]}, expected {sorted(mine)[:6]}"
+               if isinstance(state, dict) else f"a {type(state).__name__}, expected a dict")
+    else:
+        why = next((f"{k} is {v!r}, expected {type(mine[k]).__name__}" for k, v in state.items()
+                    if type(v) is not type(mine[k]) and mine[k] is not None), None)
+    if why:
+        raise CheckpointError(f"{source}: its scheduler state does not fit this scheduler "
+                              f"({why}); start afresh with --overwrite or --out-dir NEW_DIR")
+    scheduler.load_state_dict(state)
 
 
 def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,

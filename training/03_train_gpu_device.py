@@ -41,6 +41,7 @@ from torchnotes.checkpoint import (
     RunLock,
     atomic_save,
     load_optimizer,
+    load_scheduler,
     load_weights,
     resume_or_start,
     rng_state,
@@ -146,7 +147,7 @@ def step_3_train_timed(loaders, device: torch.device, cfg: dict, out_dir, resume
         path, ckpt = resumed
         load_weights(model, ckpt["model"], source=str(path))   # load_state_dict, clear errors
         load_optimizer(optimizer, ckpt["optimizer"], source=str(path))   # the same, Adam's
-        scheduler.load_state_dict(ckpt["scheduler"])        # where the lr schedule stood
+        load_scheduler(scheduler, ckpt["scheduler"], source=str(path))   # where the lr stood
         set_rng_state(ckpt["rng"])
         train_loader.generator.set_state(ckpt["loader_generator"])
         losses, first_epoch = ckpt["losses"].tolist(), ckpt["epoch"] + 1
