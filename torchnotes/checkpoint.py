@@ -437,6 +437,9 @@ def resume_or_start(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
         _plain_file_or_nothing(path, "(a temporary one)")   # a link or folder: refused now,
                                                             # not at the first save
     for name in extra:
+        if (out_dir / name).is_symlink():    # never written through, never removed
+            raise NoteError(f"{out_dir / name} is a link where this run writes its {name} "
+                            f"folder; move it away, or choose another --out-dir NEW_DIR")
         if (out_dir / name).exists() and not (out_dir / name).is_dir():
             raise NoteError(f"{out_dir / name} is a file where this run writes its {name} "
                             f"folder; move it away, or choose another --out-dir NEW_DIR")
