@@ -100,7 +100,7 @@ def test_sampling_wrong_penalty_sign_is_caught(note, monkeypatch):
         return logits.scatter(-1, prev, logits.gather(-1, prev) / penalty)
 
     monkeypatch.setattr(mod, "apply_repetition_penalty", always_divide)
-    with pytest.raises(ClaimError, match="CTRL rule"):
+    with pytest.raises(ClaimError, match="penalty: seen positive"):
         mod.step_3_repetition_penalty(CPU, 12)
 
 
@@ -129,7 +129,19 @@ def test_beam_width_one_is_greedy(note, seed):
     (tokens, score), *_ = mod.beam_search(fn, mod.BOS, mod.EOS, 1, 3, length_penalty=0.0)
     assert tokens == greedy
     logp = sum(fn(torch.tensor([greedy[:i]]))[0, greedy[i]].item() for i in range(1, len(greedy)))
-    assert abs(score - logp) < 1e-5
+    assert abs(score - logp) < 1e-5 and abs(mod.log_prob(fn, greedy) - logp) < 1e-6
+
+
+def test_beam_with_greedys_tokens_but_a_wrong_score_is_caught(note, monkeypatch):
+    mod = note(BEAM)
+    right = mod.beam_search
+
+    def halved_score(*args, **kwargs):           # right tokens, not their log-probability
+        return [(tokens, score / 2) for tokens, score in right(*args, **kwargs)]
+
+    monkeypatch.setattr(mod, "beam_search", halved_score)
+    with pytest.raises(ClaimError, match="greedy"):
+        mod.step_1_width_one_is_greedy(6, 6, 6)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])

@@ -8,8 +8,9 @@ Claims proven:
   1. top-k with k = 1 and temperature -> 0 both pick exactly the greedy (argmax) token.
   2. top-k keeps every token tied with the k-th largest; top-p keeps the smallest set whose
      probability reaches p, never fewer than one token (checked by hand on a known distribution).
-  3. The repetition penalty follows CTRL's rule (Keskar 2019): a seen token's positive logit is
-     divided by the penalty, a negative one multiplied; on a looping toy model it breaks the loop.
+  3. The repetition penalty (CTRL, Keskar 2019, with the sign fix Hugging Face transformers
+     uses): a seen token's positive logit is divided by the penalty, a negative one multiplied;
+     on a looping toy model it breaks the loop.
   4. Many draws of ``sample_next`` match the filtered distribution (total-variation bound), and
      no filtered-out token is ever drawn.
 
@@ -48,8 +49,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def apply_repetition_penalty(logits: torch.Tensor, prev_tokens: torch.Tensor,
                              penalty: float) -> torch.Tensor:
-    """CTRL (Keskar et al. 2019): for tokens already generated, divide a positive logit by
-    ``penalty`` and multiply a negative one, so both become less likely. (B, V), (B, t)."""
+    """CTRL's penalty (Keskar et al. 2019) with the sign fix of Hugging Face's
+    ``RepetitionPenaltyLogitsProcessor``: for tokens already generated, divide a positive logit
+    by ``penalty`` and multiply a negative one, so both become less likely. (CTRL divides every
+    seen logit, which makes a negative one *more* likely.) (B, V), (B, t)."""
     seen = logits.gather(-1, prev_tokens)                               # (B, t)
     seen = torch.where(seen > 0, seen / penalty, seen * penalty)
     return logits.scatter(-1, prev_tokens, seen)
@@ -105,7 +108,7 @@ def step_3_repetition_penalty(device, gen_len: int) -> dict:
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]], device=device)
     prev = torch.tensor([[0, 1, 1]], device=device)             # token 1 repeated: still once
     out = apply_repetition_penalty(logits, prev, 1.2)
-    check("CTRL rule: seen positive 2.0 -> 2.0 / 1.2, seen negative -1.0 -> -1.0 * 1.2, "
+    check("penalty: seen positive 2.0 -> 2.0 / 1.2, seen negative -1.0 -> -1.0 * 1.2, "
           "unseen unchanged", out, torch.tensor([[2.0 / 1.2, -1.2, 0.5, 3.0]]), atol=1e-6)
     # A toy bigram "model" whose greedy path loops 0 -> 1 -> 0 -> 1 ...
     table = torch.full((6, 6), 0.5, device=device)
@@ -158,7 +161,7 @@ def main(argv=None) -> dict:
                "top_p_sets": step_2_filters_by_hand(device),
                "repetition": step_3_repetition_penalty(device, cfg["gen_len"]),
                "tv_ok": step_4_empirical_distribution(device, cfg["n_draws"])}
-    print("summary: greedy = top-k(1) = T->0; top-p minimal; CTRL penalty; sampling unbiased")
+    print("summary: greedy = top-k(1) = T->0; top-p minimal; repetition penalty; sampling unbiased")
     return results
 
 

@@ -115,6 +115,11 @@ def table_model(table: torch.Tensor):
     return step_fn
 
 
+def log_prob(step_fn, seq: list[int]) -> float:
+    """log P(seq[1:] | seq[0]) = sum of each token's log-prob given the prefix before it."""
+    return sum(step_fn(torch.tensor([seq[:i]]))[0, seq[i]].item() for i in range(1, len(seq)))
+
+
 def exhaustive(step_fn, vocab: int, max_len: int, alpha: float) -> tuple[list[int], float]:
     best = ([], float("-inf"))
     for n in range(1, max_len + 1):
@@ -124,9 +129,7 @@ def exhaustive(step_fn, vocab: int, max_len: int, alpha: float) -> tuple[list[in
             seq = [BOS, *body]
             if body[-1] != EOS and n < max_len:
                 continue                                  # must end with eos or hit max_len
-            logp = sum(step_fn(torch.tensor([seq[:i]]))[0, seq[i]].item()
-                       for i in range(1, len(seq)))
-            score = logp / gnmt_length_penalty(n, alpha)
+            score = log_prob(step_fn, seq) / gnmt_length_penalty(n, alpha)
             if score > best[1]:
                 best = (seq, score)
     return best
@@ -138,8 +141,10 @@ def step_1_width_one_is_greedy(n_models: int, vocab: int, max_len: int) -> int:
     for _ in range(n_models):
         fn = table_model(3 * torch.randn(max_len + 1, vocab, vocab, generator=g))
         greedy = greedy_decode(fn, BOS, EOS, max_len)
-        same += beam_search(fn, BOS, EOS, 1, max_len, length_penalty=0.0)[0][0] == greedy
-    return check(f"beam width 1 == greedy on {n_models} random models", same == n_models,
+        tokens, score = beam_search(fn, BOS, EOS, 1, max_len, length_penalty=0.0)[0]
+        same += tokens == greedy and abs(score - log_prob(fn, greedy)) < 1e-5   # lp = 1
+    return check(f"beam width 1 == greedy on {n_models} random models (tokens, and score == "
+                 f"greedy's log-probability)", same == n_models,
                  detail=f"{same}/{n_models} equal")
 
 
