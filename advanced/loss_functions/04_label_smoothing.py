@@ -16,8 +16,9 @@ Claims proven:
      every batch: the "KL penalty" reading.
   4. On a tiny MLP trained on synthetic data, smoothing lowers the mean confidence and the
      expected calibration error (ECE, Guo et al. 2017) on held-out data, by a stated factor.
-  5. Why a smoothed teacher distils worse (Muller et al. 2019): it erases how similar the wrong
-     classes are. Here each class has a "sibling" class nearby; the share of the wrong-class
+  5. The mechanism behind "a smoothed teacher distils worse" (Muller et al. 2019, who measured
+     the students; we measure only the cause): smoothing erases how similar the wrong classes
+     are. Here each class has a "sibling" class nearby; the share of the wrong-class
      probability that goes to the sibling falls towards uniform under smoothing.
 
 Run:  python advanced/loss_functions/04_label_smoothing.py        (about 5 s on a laptop CPU)
