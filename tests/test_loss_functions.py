@@ -53,6 +53,15 @@ def test_distillation_loss_matches_reference(note, temperature, alpha):
     torch.testing.assert_close(mod.distillation_loss(s, t, y, T, alpha), ref)
 
 
+@pytest.mark.parametrize("T", [1.0, 3.0, 20.0])
+def test_kl_student_gradient_matches_autograd(note, T):
+    mod = note(KL)
+    s = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    t = 3 * torch.randn(5, 7, dtype=torch.float64)
+    g, = torch.autograd.grad(mod.kl_divergence(t / T, s / T), s)
+    torch.testing.assert_close(mod.kl_student_gradient(s.detach(), t, T), g)
+
+
 def test_kl_main_smoke_returns_the_fits(note, tmp_path):
     out = smoke(note(KL), tmp_path)
     assert abs(out["fits"]["reverse"][0] - 3.0) < 0.05 and out["fits"]["forward"][1] > 2.5
@@ -73,6 +82,12 @@ def test_kl_claims_can_fail(note, monkeypatch, tmp_path):
     with pytest.raises(ClaimError, match=r"\(T B\)"):
         mod.step_5_t_squared(CPU, batch=8, classes=10)
     monkeypatch.setattr(mod, "kl_divergence", right)
+    right_grad = mod.kl_student_gradient
+    monkeypatch.setattr(mod, "kl_student_gradient",                           # 1/T forgotten
+                        lambda s, t, T: right_grad(s, t, T) * T)
+    with pytest.raises(ClaimError, match=r"\(T B\) at every T"):
+        mod.step_5_t_squared(CPU, batch=8, classes=10)
+    monkeypatch.setattr(mod, "kl_student_gradient", right_grad)
     with pytest.raises(ClaimError, match="softer"):
         mod.step_4_temperature_softens(CPU, 8, 10, temps=(8.0, 4.0, 2.0))       # order reversed
     monkeypatch.setattr(mod, "distillation_loss",                              # T, not T^2
@@ -98,6 +113,14 @@ def test_info_nce_matches_cross_entropy(note, batch, dim, temperature):
     # scale-free: cosine similarity ignores the vectors' lengths
     torch.testing.assert_close(mod.info_nce(3 * q, k, temperature=temperature),
                                mod.info_nce(q, k, temperature=temperature))
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0])
+def test_info_nce_from_similarities_is_cross_entropy_at_any_positive(note, temperature):
+    mod = note(CONTRASTIVE)
+    sim, positive = torch.rand(6, 9, dtype=torch.float64) * 2 - 1, torch.randint(0, 9, (6,))
+    torch.testing.assert_close(mod.info_nce_from_similarities(sim, positive, temperature),
+                               F.cross_entropy(sim / temperature, positive))
 
 
 @pytest.mark.parametrize("batch,temperature", [(1, 0.5), (4, 0.5), (16, 0.1)])
@@ -144,6 +167,21 @@ def test_contrastive_claims_can_fail(note, monkeypatch, tmp_path):
         mod.step_3_triplet(CPU, batch=8, dim=8)
     with pytest.raises(ClaimError, match="sharper"):
         mod.step_4_temperature_sharpens(CPU, 8, 12, temps=(0.05, 0.1, 1.0))
+    right_sim = mod.info_nce_from_similarities
+    monkeypatch.setattr(mod, "info_nce_from_similarities",                   # temperature lost
+                        lambda sim, positive, temperature=0.1: right_sim(sim, positive, 1.0))
+    with pytest.raises(ClaimError, match="autograd d info_nce / d s"):
+        mod.step_4_temperature_sharpens(CPU, 8, 12)
+
+    def negatives_only(sim, positive, temperature=0.1):          # positive left out of the sum
+        logits = sim / temperature
+        own = torch.zeros_like(logits, dtype=torch.bool).scatter(1, positive[:, None], True)
+        pos = logits.gather(1, positive[:, None])[:, 0]
+        return (-pos + torch.logsumexp(logits.masked_fill(own, float("-inf")), 1)).mean()
+
+    monkeypatch.setattr(mod, "info_nce_from_similarities", negatives_only)
+    with pytest.raises(ClaimError, match="autograd d info_nce / d s"):
+        mod.step_4_temperature_sharpens(CPU, 8, 12)
 
 
 # ---------------------------------------------------------------------------------- focal loss

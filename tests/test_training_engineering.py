@@ -123,7 +123,7 @@ class _NullWriter:
 
 # ---------------------------------------------------------------------------------- 02 AMP
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_train_step_matches_a_manual_step(note, dtype):
     mod = note(AMP)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -184,7 +184,28 @@ def test_02_claims_can_fail(note, monkeypatch, tmp_path):
 
     monkeypatch.setattr(mod, "train_step", no_step)
     with pytest.raises(ClaimError, match="falls at least 3x"):
-        mod.step_5_train(CPU, torch.bfloat16, n_points=256, batch=64, steps=20)
+        mod.step_5_train(CPU, n_points=256, batch=64, steps=20)
+
+
+def test_02_train_step_without_unscale_is_caught_on_cpu(note, monkeypatch):
+    mod = note(AMP)
+
+    def no_unscale(model, inputs, targets, optimizer, scaler, device_type, dtype):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device_type, dtype=dtype,
+                            enabled=dtype != torch.float32):
+            loss = F.cross_entropy(model(inputs), targets)
+        scaler.scale(loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)   # clips S * grad
+        scaler.step(optimizer)                                  # forgot unscale_ before the clip
+        scaler.update()
+        return loss.item()
+
+    out = mod.step_5_train(CPU, **mod.SMOKE)                    # the note's own step passes
+    assert out["scale"] > 1.0                    # the scaler was enabled on CPU (disabled: 1.0)
+    monkeypatch.setattr(mod, "train_step", no_unscale)
+    with pytest.raises(ClaimError, match="falls at least 3x"):
+        mod.step_5_train(CPU, **mod.SMOKE)
 
 
 
@@ -211,6 +232,15 @@ def test_checkpointed_forward_matches_plain_for_every_segment_count(note):
         torch.testing.assert_close(mod.checkpointed_forward(blocks, x, k), ref, rtol=0, atol=0)
 
 
+def test_estimated_peak_is_lowest_next_to_sqrt_2n(note):
+    mod = note(CKPT)
+    out = mod.step_2_and_4_saved_bytes(mod.make_blocks(16, 8, CPU),
+                                       torch.randn(4, 8, requires_grad=True), 4)
+    assert out["best"] == [4, 8]                            # sqrt(32) = 5.7 lies between: a tie
+    divisors = [k for k in range(1, 19) if 18 % k == 0]     # sqrt(2 * 18) = 6 is a divisor
+    assert min(divisors, key=lambda k: mod.estimated_peak(k, 18)) == 6
+
+
 def test_03_claims_can_fail(note, monkeypatch, tmp_path):
     mod = note(CKPT)
     right_fwd, right_bytes = mod.checkpointed_forward, mod.saved_activation_bytes
@@ -231,6 +261,11 @@ def test_03_claims_can_fail(note, monkeypatch, tmp_path):
     with pytest.raises(ClaimError, match="use_reentrant=False"):
         mod.step_5_why_not_reentrant(blocks, x)
     monkeypatch.setattr(mod, "checkpointed_forward", right_fwd)
+    right_peak = mod.estimated_peak
+    monkeypatch.setattr(mod, "estimated_peak", lambda k, n: (k - 1) + (n // k - 1))  # 1 per block
+    with pytest.raises(ClaimError, match="2N/k - 1"):
+        mod.step_2_and_4_saved_bytes(blocks, x, 4)
+    monkeypatch.setattr(mod, "estimated_peak", right_peak)
 
     def counts_leaves(fn, *inputs):                                  # parameters counted too
         return right_bytes(fn, *inputs) + sum(p.numel() * 4 for p in blocks.parameters())

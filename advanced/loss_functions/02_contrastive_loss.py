@@ -13,8 +13,9 @@ Claims proven:
      symmetric: nt_xent(z1, z2) == nt_xent(z2, z1).
   3. ``triplet_loss`` max(d(a,p) - d(a,n) + margin, 0) (Schroff et al. 2015) equals
      ``nn.TripletMarginLoss``.
-  4. Lower temperature sharpens: the softmax over similarities gets lower entropy, and the
-     hardest negative takes a larger share of the negatives' gradient weight.
+  4. Lower temperature sharpens: autograd's gradient of InfoNCE w.r.t. the similarities is
+     (softmax(s / t) - onehot(positive)) / t, the softmax gets lower entropy as t falls, and the
+     hardest negative takes a larger share of the negatives' gradient.
   5. A small encoder trained with in-batch InfoNCE on two noisy views of synthetic points: the
      loss falls by a stated factor and a view retrieves its twin among the batch.
 
@@ -36,6 +37,14 @@ SMOKE = dict(batch=8, dim=16, negatives=12, steps=100, train_batch=64)
 ATOL = 1e-5
 
 
+def info_nce_from_similarities(sim, positive, temperature=0.1):
+    """-s_pos/t + log sum_j exp(s_j/t) per row, averaged. sim: (B, K) similarities; positive:
+    (B,) the column holding each row's positive key."""
+    logits = sim / temperature                                           # (B, K)
+    pos = logits.gather(1, positive[:, None])[:, 0]                      # (B,)
+    return (-pos + torch.logsumexp(logits, dim=1)).mean()       # -log softmax(logits)[pos]
+
+
 def info_nce(query, positive_key, negative_keys=None, temperature=0.1):
     """InfoNCE with cosine similarity. query, positive_key: (B, D); negative_keys: (M, D) or None.
 
@@ -44,13 +53,13 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1):
     q = F.normalize(query, dim=-1)                                       # (B, D), unit rows
     k = F.normalize(positive_key, dim=-1)                                # (B, D)
     if negative_keys is None:
-        logits = q @ k.T / temperature                                   # (B, B), diag = pos
-        pos = logits.diagonal()                                          # (B,)
+        sim = q @ k.T                                                    # (B, B), diag = pos
+        positive = torch.arange(len(q), device=q.device)                 # (B,)
     else:
         n = F.normalize(negative_keys, dim=-1)                           # (M, D)
-        pos = (q * k).sum(-1) / temperature                              # (B,)
-        logits = torch.cat([pos[:, None], q @ n.T / temperature], dim=1)  # (B, 1 + M)
-    return (-pos + torch.logsumexp(logits, dim=1)).mean()       # -log softmax(logits)[pos]
+        sim = torch.cat([(q * k).sum(-1, keepdim=True), q @ n.T], dim=1)  # (B, 1 + M)
+        positive = torch.zeros(len(q), dtype=torch.long, device=q.device)   # column 0
+    return info_nce_from_similarities(sim, positive, temperature)
 
 
 def nt_xent(z1, z2, temperature=0.5):
@@ -119,14 +128,25 @@ def step_4_temperature_sharpens(device, dim: int, negatives: int,
     q = torch.randn(1, dim, device=device)
     keys = torch.randn(negatives + 1, dim, device=device)                # key 0 is the positive
     sims = F.normalize(q, dim=-1) @ F.normalize(keys, dim=-1).T          # (1, 1 + M)
-    rows = {}
+    positive = torch.zeros(1, dtype=torch.long, device=device)
+    rows, grads, closed = {}, [], []
     for t in temps:
-        prob = F.softmax(sims / t, dim=-1)[0]          # d loss / d s_j = prob_j / t for negatives
+        sim = sims.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(info_nce_from_similarities(sim, positive, t), sim)
+        prob = F.softmax(sims / t, dim=-1)                               # (1, 1 + M)
+        # d loss / d s_j = (prob_j - [j is the positive]) / t: the positive is pulled with
+        # -(1 - prob_pos) / t, each negative pushed with prob_j / t.
+        grads.append(grad[0])                                            # (1 + M,)
+        closed.append((prob - F.one_hot(positive, sims.shape[1]))[0] / t)
         entropy = -(prob * prob.log()).sum().item()
-        neg = prob[1:]
+        neg = grad[0, 1:]                                     # the negatives' gradient weights
         rows[t] = (entropy, (neg.max() / neg.sum()).item())
-        print(f"t = {t:4.2f}: entropy {entropy:.3f}, hardest negative's share of the "
-              f"negatives' weight {rows[t][1]:.1%}")
+        print(f"t = {t:4.2f}: entropy {entropy:.3f}, gradient at the positive "
+              f"{grad[0, 0].item():+7.3f}, hardest negative's share {rows[t][1]:.1%}")
+    # float32: logsumexp's backward forms exp(s/t - lse), and lse (up to 1/t = 20) rounds by
+    # ~1e-6, so each prob errs by ~1e-6 relative, times 1/t: up to ~2e-5 of max |grad| = 20.
+    check("autograd d info_nce / d s == (softmax(s / t) - onehot(positive)) / t at every t",
+          torch.stack(grads), torch.stack(closed), atol=1e-6, rtol=5e-6)
     ent = [e for e, _ in rows.values()]
     share = [s for _, s in rows.values()]
     check("lower temperature -> sharper softmax (entropy falls as t falls)",

@@ -13,11 +13,12 @@ Claims proven:
      scaling: scaled, then unscaled in fp32, the gradients match the float64 truth.
   3. ``torch.amp.GradScaler`` skips the optimizer step when a gradient is inf/nan and halves its
      scale; after ``growth_interval`` good steps it doubles the scale.
-  4. Under ``torch.autocast`` a matmul runs in the low-precision dtype (its result equals the
-     matmul of inputs cast by hand) while ``cross_entropy`` returns fp32.
-  5. ``train_step`` (autocast + GradScaler, the whole recipe) trains a small MLP: the loss falls
-     at least 3x, within 5% of an fp32 run, and the weights stay fp32.
-  Works on CPU (bf16 autocast, scaler off) and CUDA (fp16 autocast + GradScaler).
+  4. Under ``torch.autocast`` (fp16 and bf16) a matmul runs in the low-precision dtype (its
+     result equals the matmul of inputs cast by hand) while ``cross_entropy`` returns fp32.
+  5. ``train_step`` (fp16 autocast + an enabled GradScaler, the whole recipe) trains a small MLP:
+     the loss falls at least 3x, within 5% of an fp32 run, and the weights stay fp32.
+  Every device, CPU included, runs the fp16 + GradScaler recipe in step 5 (on a CPU fp16 brings
+  no speed; it runs there to prove the recipe). bf16 needs no scaler; step 4 shows its autocast.
 
 Run:  python advanced/training_engineering/02_amp_training.py        (about 5 s, laptop CPU)
 """
@@ -124,23 +125,24 @@ def step_4_autocast_dtypes(device, dtype) -> dict:
     print(f"inside autocast({dtype}): matmul -> {c.dtype}, cross_entropy -> {loss.dtype}; "
           f"|matmul - fp32 matmul| max {(c.float() - a @ b).abs().max().item():.3g}")
     check(f"autocast matmul runs in {dtype}", c.dtype == dtype, detail=str(c.dtype))
-    check("autocast matmul == matmul of inputs cast by hand", c, by_hand)
-    check("autocast keeps cross_entropy in float32", loss.dtype == torch.float32,
+    check(f"{dtype} autocast matmul == matmul of inputs cast by hand", c, by_hand)
+    check(f"{dtype} autocast keeps cross_entropy in float32", loss.dtype == torch.float32,
           detail=str(loss.dtype))
     return {"matmul": str(c.dtype), "loss": str(loss.dtype)}
 
 
-def step_5_train(device, dtype, n_points: int, batch: int, steps: int) -> dict:
+def step_5_train(device, n_points: int, batch: int, steps: int) -> dict:
     centers = 0.7 * torch.randn(8, 16, device=device)
     y = torch.randint(0, 8, (n_points,), device=device)
     x = centers[y] + torch.randn(n_points, 16, device=device)          # 8 noisy blobs
-    use_scaler = dtype == torch.float16                                # bf16 needs no scaling
     runs = {}
-    for name, amp_dtype in (("amp", dtype), ("fp32", torch.float32)):
+    for name, amp_dtype in (("amp", torch.float16), ("fp32", torch.float32)):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 8)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler and name == "amp")
+        # fp16 + an enabled scaler on every device, CPU included, so scale / unscale_ / clip /
+        # step / update all run. (With bf16 you would pass enabled=False: nothing to rescue.)
+        scaler = torch.amp.GradScaler(device.type, enabled=name == "amp")
         losses = []
         for step in range(steps):
             idx = torch.arange(step * batch, (step + 1) * batch, device=device) % n_points
@@ -149,37 +151,46 @@ def step_5_train(device, dtype, n_points: int, batch: int, steps: int) -> dict:
         runs[name] = (sum(losses[:5]) / 5, sum(losses[-5:]) / 5)
         if name == "amp":
             weight_dtypes = {p.dtype for p in model.parameters()}
+            final_scale = scaler.get_scale()
     (a0, a1), (f0, f1) = runs["amp"], runs["fp32"]
-    print(f"AMP ({dtype}, GradScaler {'on' if use_scaler else 'off'}): loss {a0:.4f} -> {a1:.5f};"
+    print(f"AMP (float16 + GradScaler, scale now {final_scale:.0f}): loss {a0:.4f} -> {a1:.5f};"
           f" fp32: {f0:.4f} -> {f1:.5f}")
+    # A train_step that forgot scaler.unscale_ clips the S-times-too-large gradients to norm 5;
+    # scaler.step then divides them by S, so the weights barely move and the loss stays put.
     check("AMP training: the loss falls at least 3x", a1 < a0 / 3, detail=f"{a0 / a1:.1f}x")
-    # 16-bit rounding (bf16: 8 significant bits) perturbs every step a little; the runs stay
-    # together (0.1% here on CPU); 5% leaves room for fp16 + GradScaler on a GPU. A scaler that
-    # forgot to unscale would clip every step and end far away.
+    # fp16 rounding (11 significant bits) perturbs every step a little; the runs stay together
+    # (~0.02% here on CPU); 5% leaves room for other devices' kernels.
     check("AMP ends within 5% of the fp32 run's loss", abs(a1 - f1) < 0.05 * f1,
           detail=f"{a1:.5f} vs {f1:.5f}")
     check("master weights stay float32 under autocast", weight_dtypes == {torch.float32},
           detail=str(weight_dtypes))
-    return {"amp": runs["amp"], "fp32": runs["fp32"]}
+    return {"amp": runs["amp"], "fp32": runs["fp32"], "scale": final_scale}
+
+
+def supported(device, dtype) -> bool:
+    """bf16 autocast needs bf16 math: on CUDA from Ampere on (older GPUs skip it, saying so)."""
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print(f"autocast {dtype}: {torch.cuda.get_device_name(device)} has no bf16 math; skipped")
+        return False
+    return True
 
 
 def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    print(f"low-precision dtype for {device.type}: {dtype}")
     results = {
         "formats": step_1_formats(),
         "underflow": step_2_underflow_rescued(),
         "scales": step_3_grad_scaler(device),
-        "autocast": step_4_autocast_dtypes(device, dtype),
-        "train": step_5_train(device, dtype, **cfg),
+        "autocast": {str(dtype): step_4_autocast_dtypes(device, dtype)
+                     for dtype in (torch.float16, torch.bfloat16) if supported(device, dtype)},
+        "train": step_5_train(device, **cfg),
     }
     (a0, a1) = results["train"]["amp"]
-    print(f"summary: {dtype} autocast training loss {a0:.3f} -> {a1:.4f}; unscaled, fp16 zeroed "
-          f"{results['underflow']['zeros_without_scaling']:.0%} of the small gradients, scaled "
-          f"none")
+    print(f"summary: fp16 autocast + GradScaler training loss {a0:.3f} -> {a1:.4f}; unscaled, "
+          f"fp16 zeroed {results['underflow']['zeros_without_scaling']:.0%} of the small "
+          f"gradients, scaled none")
     return results
 
 
