@@ -43,7 +43,22 @@ def test_reparameterize_moments_and_gradient(note):
     torch.testing.assert_close(z.mean(0), mu.detach(), atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([3.0, 1.0]), atol=0.05, rtol=0)
     z.sum().backward()
-    assert mu.grad is not None and logvar.grad is not None
+    torch.testing.assert_close(mu.grad, torch.full((2,), 100_000.0))
+    torch.testing.assert_close(logvar.grad, ((z - mu) / 2).detach().sum(0), atol=1e-3, rtol=1e-5)
+
+
+def test_linear_gaussian_elbo_equals_monte_carlo(note):
+    mod = note(VAE)
+    w, s, x = -1.5, 0.8, 0.4
+    m = torch.tensor([0.3, -1.0], dtype=torch.float64)
+    logv = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    q = Normal(m, (0.5 * logv).exp())
+    z = q.sample((400_000,))                                                    # (N, 2)
+    loglik = Normal(w * z, torch.tensor(s, dtype=torch.float64)).log_prob(
+        torch.tensor(x, dtype=torch.float64))
+    kl = kl_divergence(q, Normal(torch.zeros_like(m), torch.ones_like(m)))
+    torch.testing.assert_close(mod.linear_gaussian_elbo(x, m, logv, w, s),
+                               loglik.mean(0) - kl, atol=0.02, rtol=0)
 
 
 def test_vae_forward_shapes(note):
@@ -61,12 +76,42 @@ def test_vae_wrong_sigma_is_caught(note, monkeypatch):
         mod.step_1_reparameterize(CPU, 20_000)
 
 
+@pytest.mark.parametrize("cut", ["noise_term", "std"])
+def test_vae_detached_noise_is_caught(note, monkeypatch, cut):
+    mod = note(VAE)
+
+    def detached(mu, logvar):                # right mean and variance, no gradient to logvar
+        std = torch.exp(0.5 * logvar)
+        if cut == "std":
+            return mu + std.detach() * torch.randn_like(std)
+        return mu + (std * torch.randn_like(std)).detach()
+
+    monkeypatch.setattr(mod, "reparameterize", detached)
+    with pytest.raises(ClaimError, match="reach logvar"):
+        mod.step_1_reparameterize(CPU, 20_000)
+
+
+@pytest.mark.parametrize("slip", ["kl_sign", "no_var_term"])
+def test_vae_wrong_elbo_is_caught(note, monkeypatch, slip):
+    mod = note(VAE)
+
+    def wrong_elbo(x, m, logv, w, s):
+        var_term = 0 if slip == "no_var_term" else w**2 * logv.exp()    # forgot Var_q[w z]
+        loglik = -0.5 * math.log(2 * math.pi * s**2) - ((x - w * m)**2 + var_term) / (2 * s**2)
+        kl = mod.gaussian_kl(m[:, None], logv[:, None])
+        return loglik + kl if slip == "kl_sign" else loglik - kl
+
+    monkeypatch.setattr(mod, "linear_gaussian_elbo", wrong_elbo)
+    with pytest.raises(ClaimError, match="ELBO <= log p"):
+        mod.step_2_elbo_gap()
+
+
 def test_vae_wrong_kl_is_caught(note, monkeypatch):
     mod = note(VAE)
     monkeypatch.setattr(mod, "gaussian_kl",                            # forgot the 1/2
                         lambda mu, logvar: -(1 + logvar - mu**2 - logvar.exp()).sum(-1))
     with pytest.raises(ClaimError, match="kl_divergence"):
-        mod.step_2_kl_closed_form(CPU, 10_000)
+        mod.step_3_kl_closed_form(CPU, 10_000)
 
 
 def test_vae_untrained_model_is_caught(note, monkeypatch, tmp_path):
@@ -202,6 +247,47 @@ def test_gan_wrong_penalty_is_caught(note, monkeypatch):
 
     monkeypatch.setattr(mod, "gradient_penalty", squared_norm)
     with pytest.raises(ClaimError, match="= 4"):
+        mod.step_2_gradient_penalty(CPU)
+
+
+def test_gradient_penalty_reproducible_with_generator(note):
+    mod = note(GAN)
+    critic = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    real, fake = torch.randn(32, 2), torch.randn(32, 2)
+    a = mod.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(3))
+    b = mod.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(3))
+    c = mod.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _penalty(real_only: bool, create_graph: bool):
+    """gradient_penalty with one of two slips: x_hat = real, or no create_graph."""
+    def gp(critic, real, fake, generator=None):
+        e = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator)
+        x_hat = real if real_only else e * real + (1 - e) * fake
+        x_hat = x_hat.clone().requires_grad_(True)
+        g, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=create_graph)
+        return (g.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    return gp
+
+
+def test_gan_penalty_checks_accept_a_correct_copy(note, monkeypatch):
+    mod = note(GAN)
+    monkeypatch.setattr(mod, "gradient_penalty", _penalty(real_only=False, create_graph=True))
+    mod.step_2_gradient_penalty(CPU)                  # the test's own copy passes: no false alarm
+
+
+def test_gan_penalty_without_create_graph_is_caught(note, monkeypatch):
+    mod = note(GAN)
+    monkeypatch.setattr(mod, "gradient_penalty", _penalty(real_only=False, create_graph=False))
+    with pytest.raises(ClaimError, match="reaches the critic's weight"):
+        mod.step_2_gradient_penalty(CPU)
+
+
+def test_gan_penalty_at_real_points_is_caught(note, monkeypatch):
+    mod = note(GAN)
+    monkeypatch.setattr(mod, "gradient_penalty", _penalty(real_only=True, create_graph=True))
+    with pytest.raises(ClaimError, match="x_hat = e real"):
         mod.step_2_gradient_penalty(CPU)
 
 

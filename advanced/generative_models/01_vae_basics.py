@@ -6,12 +6,15 @@ ELBO = E_q[log p(x|z)] - KL(q(z|x) || N(0, I)) <= log p(x).
 
 Claims proven:
   1. ``reparameterize`` draws z with mean mu and variance exp(logvar), and gradients reach
-     mu and logvar through it (dz/dmu = 1).
-  2. ``gaussian_kl`` (the closed form) equals ``torch.distributions.kl_divergence`` and a
+     mu and logvar through it (dz/dmu = 1, dz/dlogvar = sigma * eps / 2 = (z - mu) / 2).
+  2. The ELBO derivation, exact in a linear-Gaussian model (z ~ N(0, 1), x|z ~ N(w z, s^2)):
+     log p(x) - ELBO(q) = KL(q || p(z|x)) >= 0 for every q, so ELBO <= log p(x), with
+     equality at q = p(z|x) (oracles: ``Normal.log_prob``, ``kl_divergence``).
+  3. ``gaussian_kl`` (the closed form) equals ``torch.distributions.kl_divergence`` and a
      Monte-Carlo estimate E_q[log q(z) - log p(z)].
-  3. Training the VAE on MNIST-shaped digits raises the held-out ELBO (-ELBO falls by the
+  4. Training the VAE on MNIST-shaped digits raises the held-out ELBO (-ELBO falls by the
      stated factor), and a reconstruction is closer to its own input than to another image.
-  4. beta-VAE (Higgins 2017): a larger beta buys a smaller KL with a worse reconstruction
+  5. beta-VAE (Higgins 2017): a larger beta buys a smaller KL with a worse reconstruction
      (a table for two betas). Reconstructions and prior samples go to a PNG grid.
 
 Run:  python advanced/generative_models/01_vae_basics.py        (about 20 s on a laptop CPU)
@@ -57,6 +60,16 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     Closed form (Kingma & Welling 2014, appendix B): -1/2 * sum(1 + log s^2 - mu^2 - s^2).
     """
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
+
+
+def linear_gaussian_elbo(x: float, m: torch.Tensor, logv: torch.Tensor, w: float,
+                         s: float) -> torch.Tensor:
+    """ELBO(q) = E_q[log p(x|z)] - KL(q || N(0, 1)) for z ~ N(0, 1), x|z ~ N(w z, s^2) and
+    q = N(m, exp(logv)); m, logv: (B,) -> (B,). Closed form: z = m + sqrt(v) eps gives
+    E_q[(x - w z)^2] = (x - w m)^2 + w^2 v."""
+    expected_loglik = (-0.5 * math.log(2 * math.pi * s**2)
+                       - ((x - w * m).pow(2) + w**2 * logv.exp()) / (2 * s**2))      # (B,)
+    return expected_loglik - gaussian_kl(m[:, None], logv[:, None])                 # (B,)
 
 
 class VAE(nn.Module):
@@ -111,11 +124,44 @@ def step_1_reparameterize(device: torch.device, n: int) -> float:
     check("reparameterised samples: variance == exp(logvar) (5 standard errors, relative)",
           (z.var(0) / logvar.detach().exp()), torch.ones(3), atol=5 * math.sqrt(2 / n))
     z.mean(0).sum().backward()
-    return check("gradients flow through the sample: d mean(z) / d mu == 1", mu.grad,
-                 torch.ones(3), atol=1e-6)
+    check("gradients flow through the sample: d mean(z) / d mu == 1", mu.grad,
+          torch.ones(3), atol=1e-6)
+    # dz/dlogvar = d(sigma)/dlogvar * eps = sigma * eps / 2 = (z - mu) / 2, exactly, per draw.
+    # A sampler that cuts the noise term from the graph leaves logvar.grad None (read as 0).
+    hand = ((z.detach() - mu.detach()) / 2).mean(0)                                   # (3,)
+    got = logvar.grad if logvar.grad is not None else torch.zeros(3, device=device)    # (3,)
+    print(f"d mean(z) / d logvar: autograd {[f'{g:.3e}' for g in got.tolist()]}, "
+          f"mean((z - mu) / 2) {[f'{h:.3e}' for h in hand.tolist()]}")
+    # float32 sums of n terms of size ~sigma/n: measured errors ~1e-9.
+    return check("... and reach logvar: d mean(z) / d logvar == mean((z - mu) / 2)", got, hand,
+                 atol=1e-7)
 
 
-def step_2_kl_closed_form(device: torch.device, n: int) -> float:
+def step_2_elbo_gap() -> float:
+    """log p(x) = E_q[log p(x, z) - log q(z)] + E_q[log q(z) - log p(z|x)] for any q, since
+    p(x) = p(x, z) / p(z|x): the first term is the ELBO, the second KL(q || p(z|x)) >= 0."""
+    w, s, x = 2.0, 0.5, 1.3
+    f64 = dict(dtype=torch.float64)                # python-number parameters would be float32
+    log_px = Normal(torch.tensor(0.0, **f64), torch.tensor(w**2 + s**2, **f64).sqrt()).log_prob(
+        torch.tensor(x, **f64))                                          # p(x) = N(0, w^2 + s^2)
+    post = Normal(torch.tensor([w * x / (w**2 + s**2)], **f64),                # p(z|x): Bayes
+                  torch.tensor([s**2 / (w**2 + s**2)], **f64).sqrt())
+    m, v = torch.meshgrid(torch.tensor([-1.0, 0.0, 0.6, 1.5], **f64),
+                          torch.tensor([0.05, 0.5, 2.0], **f64), indexing="ij")
+    m, v = m.flatten(), v.flatten()                                   # 12 arbitrary q = N(m, v)
+    elbo = linear_gaussian_elbo(x, m, v.log(), w, s)                                   # (12,)
+    gap = kl_divergence(Normal(m, v.sqrt()), post)                                     # (12,)
+    print(f"log p(x) = {log_px:.4f}; ELBO over 12 q's from {elbo.min():.2f} to "
+          f"{elbo.max():.4f}; posterior N({post.mean.item():.4f}, {post.variance.item():.4f})")
+    # float64: terms up to ~40, so rounding stays near 1e-14.
+    check("log p(x) - ELBO(q) == KL(q || p(z|x)) for 12 q's, so ELBO <= log p(x) (float64)",
+          log_px - elbo, gap, atol=1e-12)
+    tight = linear_gaussian_elbo(x, post.mean, post.variance.log(), w, s)               # (1,)
+    return check("ELBO(q = p(z|x)) == log p(x): the bound is tight at the posterior",
+                 tight, log_px.view(1), atol=1e-12)
+
+
+def step_3_kl_closed_form(device: torch.device, n: int) -> float:
     g = torch.Generator(device="cpu").manual_seed(1)
     mu = torch.randn(4, 6, generator=g, dtype=torch.float64)
     logvar = torch.randn(4, 6, generator=g, dtype=torch.float64)
@@ -152,7 +198,7 @@ def evaluate(model: VAE, x: torch.Tensor) -> tuple[float, float]:
     return recon.mean().item(), kl.mean().item()
 
 
-def step_3_training_raises_elbo(x_train, x_eval, device, cfg) -> tuple[VAE, dict]:
+def step_4_training_raises_elbo(x_train, x_eval, device, cfg) -> tuple[VAE, dict]:
     model = VAE(hidden=cfg["hidden"], latent=cfg["latent"]).to(device)
     r0, k0 = evaluate(model, x_eval)
     train(model, x_train, cfg["steps"], cfg["batch"], cfg["lr"], 1.0, "VAE")
@@ -173,7 +219,7 @@ def step_3_training_raises_elbo(x_train, x_eval, device, cfg) -> tuple[VAE, dict
     return model, {"elbo_before": before, "elbo_after": after, "recon": mean_recon}
 
 
-def step_4_beta_tradeoff(x_train, x_eval, device, cfg) -> dict:
+def step_5_beta_tradeoff(x_train, x_eval, device, cfg) -> dict:
     table = {}
     for beta in BETAS:                                       # beta = 1 is the plain VAE
         torch.manual_seed(0)
@@ -209,10 +255,11 @@ def main(argv=None) -> dict:
     x = load_digits(args, cfg["n_train"] + cfg["n_eval"]).to(device)
     x_train, x_eval = x[:cfg["n_train"]], x[cfg["n_train"]:]        # held-out images for ELBO
     results = {"reparam_grad_error": step_1_reparameterize(device, cfg["n_mc"]),
-               "kl_error": step_2_kl_closed_form(device, cfg["n_mc"])}
-    model, trained = step_3_training_raises_elbo(x_train, x_eval, device, cfg)
+               "elbo_gap_error": step_2_elbo_gap(),
+               "kl_error": step_3_kl_closed_form(device, cfg["n_mc"])}
+    model, trained = step_4_training_raises_elbo(x_train, x_eval, device, cfg)
     results.update(elbo_before=trained["elbo_before"], elbo_after=trained["elbo_after"])
-    results["beta_table"] = step_4_beta_tradeoff(x_train, x_eval, device, cfg)
+    results["beta_table"] = step_5_beta_tradeoff(x_train, x_eval, device, cfg)
     results["png"] = save_grid(model, x_eval, trained["recon"], png, device)
     print(f"summary: ELBO {results['elbo_before']:.1f} -> {results['elbo_after']:.1f} nats")
     return results

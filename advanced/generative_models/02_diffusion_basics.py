@@ -138,7 +138,7 @@ def step_1_closed_form_forward(betas, n_chains: int) -> float:
         se_var = var * math.sqrt(4 / (n_chains - 1)) + 1e-12
         worst = max(worst, ((closed.mean(0) - chain.mean(0)).abs() / se_mean).max().item(),
                     ((closed.var(0) - var).abs() / se_var).max().item())
-        print(f"t={t:3d}: mean {chain.mean(0)[0]:+.4f} vs {closed.mean(0)[0]:+.4f}, "
+        print(f"t={t + 1:4d}: mean {chain.mean(0)[0]:+.4f} vs {closed.mean(0)[0]:+.4f}, "
               f"var {var[0]:.5f} vs {closed.var(0)[0]:.5f}  (pixel x0 = -1)")
     return check("q_sample has the mean and variance of t one-step forward moves "
                  "(t = 1, 10, 200, 1000; within 5 standard errors)", worst < 5.0,

@@ -7,7 +7,9 @@ Claims proven:
   1. Where D wins (D(G(z)) ~ 0), the saturating generator loss log(1 - D(G(z))) has an almost
      zero gradient; the non-saturating -log D(G(z)) (Goodfellow 2014, sec. 3) does not.
   2. ``gradient_penalty`` (WGAN-GP, Gulrajani 2017) is zero for a critic whose gradient has
-     unit norm everywhere (a linear critic with a unit weight vector) and (|w| - 1)^2 otherwise.
+     unit norm everywhere (a linear critic with a unit weight vector) and (|w| - 1)^2 otherwise;
+     its backward reaches the critic's weights (create_graph=True), and on a nonlinear critic
+     it is taken at the interpolated points x_hat = e * real + (1 - e) * fake.
   3. The mode count sees collapse: samples from 3 of the 8 modes count 3, real data counts 8.
   4. A short training run on a ring of 8 Gaussians spreads G's samples from one blob over the
      modes (modes covered counted before vs after; a PNG of real / before / after).
@@ -31,15 +33,20 @@ from torchnotes import check, make_parser, output_file, progress, start
 
 K, RADIUS, STD = 8, 2.0, 0.05            # 8 Gaussians on a ring (the usual toy for collapse)
 FULL = dict(hidden=128, steps=1000, batch=256, lr=1e-3, n_eval=2000, min_modes=7)
-SMOKE = dict(hidden=32, steps=300, batch=128, lr=2e-3, n_eval=1000, min_modes=1)
+SMOKE = dict(hidden=64, steps=550, batch=64, lr=5e-3, n_eval=1000, min_modes=5)
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017, eq. 3): E[(||grad_x critic(x_hat)|| - 1)^2] on random
-    points x_hat = e * real + (1 - e) * fake between real and fake samples, e ~ U(0, 1)."""
-    e = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)   # (B, 1, ...)
-    x_hat = (e * real + (1 - e) * fake).requires_grad_(True)
-    grad, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)  # keep for D step
+    points x_hat = e * real + (1 - e) * fake between real and fake samples, e ~ U(0, 1).
+    Unweighted: the critic loss adds lambda * this (lambda = 10 in the paper)."""
+    e = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator)  # (B, 1, ...)
+    e = e.to(real.device)                          # drawn on the CPU: one seed, any device
+    x_hat = (e * real + (1 - e) * fake).requires_grad_(True)                  # (B, ...)
+    # create_graph=True keeps grad as a function of the critic's weights, so the penalty
+    # can be backpropagated in the critic step; without it the penalty is a constant.
+    grad, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)    # (B, ...)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
@@ -94,12 +101,28 @@ def step_2_gradient_penalty(device) -> dict:
     with torch.no_grad():
         unit.weight.copy_(w[None])
         big.weight.copy_(3 * w[None])                                 # |w| = 3
-    real, fake = real_batch(64, device), torch.randn(64, 2, device=device)
+    real, fake = real_batch(64, device), torch.randn(64, 2, device=device)     # (64, 2) each
     gp_unit, gp_big = gradient_penalty(unit, real, fake), gradient_penalty(big, real, fake)
     check("gradient penalty is 0 for a critic with unit-norm gradient (linear, |w| = 1)",
           gp_unit, torch.tensor(0.0), atol=1e-6)
     check("... and (|w| - 1)^2 = 4 for |w| = 3", gp_big, torch.tensor(4.0), atol=1e-5)
-    return {"gp_unit": gp_unit.item(), "gp_big": gp_big.item()}
+    if gp_big.requires_grad:              # False if grad was taken without create_graph=True
+        gp_big.backward()
+    got = big.weight.grad if big.weight.grad is not None else torch.zeros_like(big.weight)
+    # d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w| = 2 * 2 * [0.6, 0.8]
+    check("gp.backward() reaches the critic's weight: d gp / dw == 2(|w| - 1) w/|w|",
+          got, (4 * w)[None], atol=1e-5)
+    # A nonlinear critic f(x) = |x|^2 / 2 has input gradient x itself, so the penalty is
+    # mean((|x_hat| - 1)^2) at the interpolated points, rebuilt here from the same e.
+    gp_quad = gradient_penalty(lambda x: 0.5 * x.pow(2).sum(1), real, fake,
+                               torch.Generator().manual_seed(5))
+    e = torch.rand(64, 1, generator=torch.Generator().manual_seed(5)).to(device)     # (64, 1)
+    x_hat = e * real + (1 - e) * fake                                                 # (64, 2)
+    print(f"d gp / dw = {got.flatten().tolist()}; f = |x|^2/2: penalty {gp_quad.item():.4f} "
+          f"(at the real points alone it would be {(real.norm(dim=1) - 1).pow(2).mean():.4f})")
+    check("f(x) = |x|^2/2: penalty == mean((|x_hat| - 1)^2), x_hat = e real + (1 - e) fake",
+          gp_quad, (x_hat.norm(dim=1) - 1).pow(2).mean(), atol=1e-6)
+    return {"gp_unit": gp_unit.item(), "gp_big": gp_big.item(), "gp_quad": gp_quad.item()}
 
 
 def step_3_mode_count_sees_collapse(device, n: int) -> int:
