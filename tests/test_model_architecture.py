@@ -3,6 +3,8 @@ implementations, and proof that each claim family can fail (a broken piece raise
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,22 @@ def test_01_wrong_scale_is_caught(note, monkeypatch, tmp_path):
         mod.step_4_scale_keeps_variance(CPU, **mod.SMOKE)
 
 
+def test_01_attention_without_the_scale_is_caught(note, monkeypatch):
+    mod = note(ATTN)
+
+    def unscaled(q, k, v, mask=None):                      # q @ k^T inline, no 1/sqrt(d)
+        scores = q @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return weights @ v, weights
+
+    monkeypatch.setattr(mod, "scaled_dot_product_attention", unscaled)
+    for cfg in (mod.SMOKE, mod.FULL):                      # saturated weights in both presets
+        with pytest.raises(ClaimError, match="softmax saturates"):
+            mod.step_4_scale_keeps_variance(CPU, **cfg)
+
+
 def test_01_heads_split_without_transpose_is_caught(note, monkeypatch):
     mod = note(ATTN)
 
@@ -163,9 +181,9 @@ def test_02_swapped_rope_pairing_is_caught(note, monkeypatch):
 
     monkeypatch.setattr(mod, "apply_rope", interleaved)
     with pytest.raises(ClaimError, match="Su 2021"):
-        mod.step_4_rope_is_complex_rotation(CPU, **mod.SMOKE)
+        mod.step_5_rope_is_complex_rotation(CPU, **mod.SMOKE)
     with pytest.raises(ClaimError, match="norm"):
-        mod.step_5_rope_relative(CPU, **mod.SMOKE)
+        mod.step_6_rope_relative(CPU, **mod.SMOKE)
 
 
 def test_02_swapped_sin_cos_is_caught(note, monkeypatch, tmp_path):
@@ -175,6 +193,33 @@ def test_02_swapped_sin_cos_is_caught(note, monkeypatch, tmp_path):
                         lambda T, d: right(T, d).view(T, d // 2, 2).flip(-1).reshape(T, d))
     with pytest.raises(ClaimError, match="formula"):
         smoke(mod, tmp_path)
+
+
+def test_02_causal_attention_is_not_equivariant(note, monkeypatch):
+    mod = note(PE)
+
+    def causal(x, w_q, w_k, w_v, rope=False):              # the mask itself carries order
+        q, k = (mod.apply_rope(x @ w_q), mod.apply_rope(x @ w_k)) if rope else (x @ w_q, x @ w_k)
+        return F.scaled_dot_product_attention(q, k, x @ w_v, is_causal=True)
+
+    monkeypatch.setattr(mod, "self_attention", causal)
+    with pytest.raises(ClaimError, match="permutation-equivariant"):
+        mod.step_1_attention_ignores_order(CPU, **mod.SMOKE)
+
+
+@pytest.mark.parametrize("broken", ["sinusoidal", "rope"])
+def test_02_encoding_without_position_is_caught(note, monkeypatch, broken):
+    mod = note(PE)
+    if broken == "sinusoidal":                             # every row is PE(0): pos forgotten
+        right = mod.sinusoidal_encoding
+        monkeypatch.setattr(mod, "sinusoidal_encoding",
+                            lambda T, d: right(1, d).expand(T, d))
+    else:                                                  # every token rotated as position 0
+        right = mod.apply_rope
+        monkeypatch.setattr(mod, "apply_rope", lambda x, positions=None, base=10000.0:
+                            right(x, torch.zeros(x.shape[-2], dtype=torch.long), base))
+    with pytest.raises(ClaimError, match="order now matters"):
+        mod.step_1_attention_ignores_order(CPU, **mod.SMOKE)
 
 
 # -------------------------------------------------------------------------- 03 residual
@@ -280,6 +325,34 @@ def test_04_wrong_axes_are_caught(note, monkeypatch):
         mod.step_1_equal_pytorch(CPU, **mod.SMOKE)
     with pytest.raises(ClaimError, match="do not"):
         mod.step_3_batch_of_one(CPU, **mod.SMOKE)
+
+
+def test_04_tf_style_momentum_is_caught(note, monkeypatch):
+    mod = note(NORM)
+    # Keras/TF's momentum weighs the old value (0.99); PyTorch's weighs the new batch (0.1).
+    tf_style = types.SimpleNamespace(BatchNorm2d=lambda *a, momentum, **k: nn.BatchNorm2d(
+        *a, momentum=1 - momentum, **k))
+    monkeypatch.setattr(mod, "nn", tf_style)
+    with pytest.raises(ClaimError, match="running_mean == EMA"):
+        mod.step_4_running_statistics(CPU, **mod.SMOKE)
+
+
+def test_04_biased_running_variance_is_caught(note, monkeypatch):
+    mod = note(NORM)
+
+    class BiasedBN(nn.BatchNorm2d):                        # running var with 1/n, not 1/(n - 1)
+        def forward(self, x):
+            if not self.training:
+                return super().forward(x)
+            with torch.no_grad():
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(m * x.mean((0, 2, 3)))
+                self.running_var.mul_(1 - m).add_(m * x.var((0, 2, 3), correction=0))
+            return F.batch_norm(x, None, None, training=True, eps=self.eps)
+
+    monkeypatch.setattr(mod, "nn", types.SimpleNamespace(BatchNorm2d=BiasedBN))
+    with pytest.raises(ClaimError, match="running_var == EMA of the unbiased"):
+        mod.step_4_running_statistics(CPU, **mod.SMOKE)
 
 
 def test_04_strided_groups_are_caught(note, monkeypatch):

@@ -62,7 +62,71 @@ def test_clip_missing_clamp_is_caught(note, monkeypatch):
     mod = note(CLIP)
     monkeypatch.setattr(mod, "MAX_SCALE", math.log(1000.0))            # a clamp that never bites
     with pytest.raises(ClaimError, match="clamp"):
-        mod.step_2_logit_scale_is_clamped()
+        mod.step_2_logit_scale_is_clamped(mod.SMOKE)
+
+
+def test_clip_logit_scale_init_without_log_is_caught(note, monkeypatch):
+    mod = note(CLIP)
+    right = mod.TinyCLIP.__init__
+
+    def no_log(self, *a):                                  # torch.tensor(1 / 0.07): exp -> 1.6e6
+        right(self, *a)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(1 / 0.07))
+
+    monkeypatch.setattr(mod.TinyCLIP, "__init__", no_log)
+    with pytest.raises(ClaimError, match="logit_scale starts at log"):
+        mod.step_2_logit_scale_is_clamped(mod.SMOKE)
+
+
+def test_tokenize_pads_and_text_embedding_ignores_padding(note):
+    mod = note(CLIP)
+    ids = mod.tokenize(["a handwritten one", "an image of a two"], CPU)
+    pad = mod.WORDS.index(mod.PAD)
+    assert ids.shape == (2, 5) and ids[0, 3:].tolist() == [pad, pad] and (ids[1] != pad).all()
+    model = mod.TinyCLIP(4, 8)
+    bag = model.text[0]
+    words = ids[0, :3]
+    torch.testing.assert_close(bag(ids[:1]), bag.weight[words].mean(0, keepdim=True))
+
+
+def test_clip_padding_with_the_last_word_is_caught(note, monkeypatch):
+    mod = note(CLIP)
+
+    def repeat_last(captions, device):                     # the mean now depends on the batch
+        ids = [[mod.WORDS.index(w) for w in c.split()] for c in captions]
+        width = max(map(len, ids))
+        return torch.tensor([r + r[-1:] * (width - len(r)) for r in ids], device=device)
+
+    monkeypatch.setattr(mod, "tokenize", repeat_last)
+    with pytest.raises(ClaimError, match="alone and padded inside a batch"):
+        mod.step_3_padding_is_left_out(mod.TinyCLIP(4, 8), CPU)
+
+
+def test_clip_pad_counted_in_the_mean_is_caught(note, monkeypatch):
+    mod = note(CLIP)
+    right = mod.TinyCLIP.__init__
+
+    def no_padding_idx(self, *a):                          # <pad> is an ordinary word
+        right(self, *a)
+        self.text[0] = torch.nn.EmbeddingBag(len(mod.WORDS), self.text[0].embedding_dim,
+                                             mode="mean")
+
+    monkeypatch.setattr(mod.TinyCLIP, "__init__", no_padding_idx)
+    with pytest.raises(ClaimError, match="alone and padded inside a batch"):
+        mod.step_3_padding_is_left_out(mod.TinyCLIP(4, 8), CPU)
+
+
+def test_clip_trained_model_sold_as_untrained_is_caught(note, monkeypatch, tmp_path):
+    mod = note(CLIP)
+    right = mod.step_4_zero_shot
+
+    def twice(model, *a):                                  # "before" measured after training
+        right(model, *a)
+        return right(model, *a)
+
+    monkeypatch.setattr(mod, "step_4_zero_shot", twice)
+    with pytest.raises(ClaimError, match="before training, zero-shot accuracy is near chance"):
+        mod.main(["--smoke", "--out-dir", str(tmp_path)])
 
 
 def test_clip_broken_zero_shot_is_caught(note, monkeypatch, tmp_path):

@@ -4,16 +4,20 @@ Attention by itself ignores token order (permute the tokens, the outputs permute
 position is added to the inputs (sinusoidal, learnable) or rotated into q and k (RoPE).
 
 Claims proven:
-  1. ``sinusoidal_encoding`` equals the formula PE[p, 2i] = sin(p / 10000^(2i/d)),
+  1. The premise: self-attention without positions (and without a causal mask, which itself
+     carries order) is permutation-equivariant, attn(x[:, perm]) == attn(x)[:, perm]; once
+     sinusoidal PE is added to x, or RoPE is applied to q and k, shuffled tokens get different
+     outputs.
+  2. ``sinusoidal_encoding`` equals the formula PE[p, 2i] = sin(p / 10000^(2i/d)),
      PE[p, 2i+1] = cos(p / 10000^(2i/d)), element by element.
-  2. PE(p + k) is a fixed linear map of PE(p): one rotation matrix M_k, built from k alone,
+  3. PE(p + k) is a fixed linear map of PE(p): one rotation matrix M_k, built from k alone,
      takes every row p to row p + k.
-  3. A learnable PE (BERT, Devlin 2019) is an ``nn.Embedding`` over positions: a lookup of
+  4. A learnable PE (BERT, Devlin 2019) is an ``nn.Embedding`` over positions: a lookup of
      weight rows, trained only on the positions it has seen, undefined past ``max_len``
      (an IndexError); its parameter cost beside sinusoidal and RoPE (zero) is printed.
-  4. ``apply_rope`` (rotate-half layout, dimension i paired with i + D/2, as in the Hugging
+  5. ``apply_rope`` (rotate-half layout, dimension i paired with i + D/2, as in the Hugging
      Face LLaMA code) equals the complex-number form (x_i + i x_{i+D/2}) e^{i p theta_i}.
-  5. RoPE preserves each vector's norm, and q.k after RoPE depends only on the relative offset:
+  6. RoPE preserves each vector's norm, and q.k after RoPE depends only on the relative offset:
      shifting both positions leaves the score unchanged.
 
 Run:  python advanced/model_architecture/02_positional_encoding.py      (about 3 s on a laptop CPU)
@@ -66,7 +70,39 @@ def apply_rope(x: torch.Tensor, positions=None, base: float = 10000.0) -> torch.
     return (x * angles.cos() + rotate_half(x) * angles.sin()).to(x.dtype)
 
 
-def step_1_sinusoid_formula(seq_len, dim, out_dir, **_):
+def self_attention(x, w_q, w_k, w_v, rope: bool = False) -> torch.Tensor:
+    """One head, no mask: softmax(q k^T / sqrt(D)) v, q = x W_q, k = x W_k, v = x W_v: (B, T, D)."""
+    q, k, v = x @ w_q, x @ w_k, x @ w_v                                      # each (B, T, D)
+    if rope:
+        q, k = apply_rope(q), apply_rope(k)                  # position rotated into q and k only
+    return nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def step_1_attention_ignores_order(device, seq_len, dim, **_) -> dict:
+    w = torch.randn(3, dim, dim, device=device) / math.sqrt(dim)           # W_q, W_k, W_v
+    x = torch.randn(2, seq_len, dim, device=device)                  # (B, T, E), no positions
+    perm = torch.randperm(seq_len).to(device)                        # shuffle the tokens
+    pe = sinusoidal_encoding(seq_len, dim).to(device)                # row p stays at position p
+    with torch.no_grad():
+        plain = (self_attention(x[:, perm], *w), self_attention(x, *w)[:, perm])
+        diffs = {"no positions": plain[0] - plain[1],
+                 "sinusoidal PE added": (self_attention(x[:, perm] + pe, *w)
+                                         - self_attention(x + pe, *w)[:, perm]),
+                 "RoPE on q, k": (self_attention(x[:, perm], *w, rope=True)
+                                  - self_attention(x, *w, rope=True)[:, perm])}
+    diffs = {name: d.abs().max().item() for name, d in diffs.items()}
+    print("max |attn(x[:, perm]) - attn(x)[:, perm]|: "
+          + ", ".join(f"{name} {d:.2g}" for name, d in diffs.items()))
+    # float32: the same weighted sums taken in another order, ~1e-7; 1e-5 leaves room.
+    check("without positions, self-attention is permutation-equivariant: "
+          "attn(x[:, perm]) == attn(x)[:, perm]", plain[0], plain[1], atol=1e-5)
+    moved = min(diffs["sinusoidal PE added"], diffs["RoPE on q, k"])
+    check("with sinusoidal PE added, or RoPE applied, it is not: order now matters",
+          moved > 1e-2, detail=f"smallest change {moved:.2g}")
+    return {"permutation_change": diffs}
+
+
+def step_2_sinusoid_formula(seq_len, dim, out_dir, **_):
     pe = sinusoidal_encoding(seq_len, dim)
     formula = torch.tensor([[math.sin(p / 10000 ** (j / dim)) if j % 2 == 0
                              else math.cos(p / 10000 ** ((j - 1) / dim)) for j in range(dim)]
@@ -81,7 +117,7 @@ def step_1_sinusoid_formula(seq_len, dim, out_dir, **_):
     return pe
 
 
-def step_2_shift_is_linear(pe: torch.Tensor, dim: int, pe_shifts, **_) -> float:
+def step_3_shift_is_linear(pe: torch.Tensor, dim: int, pe_shifts, **_) -> float:
     # sin(a + b) = sin a cos b + cos a sin b, cos(a + b) = cos a cos b - sin a sin b: each
     # (sin, cos) pair turns by the angle k * w_i, which depends on k only, never on p.
     worst = 0.0
@@ -98,7 +134,7 @@ def step_2_shift_is_linear(pe: torch.Tensor, dim: int, pe_shifts, **_) -> float:
     return worst
 
 
-def step_3_learnable_embedding(device, seq_len, dim, max_len, **_) -> dict:
+def step_4_learnable_embedding(device, seq_len, dim, max_len, **_) -> dict:
     pos_emb = nn.Embedding(max_len, dim, device=device)             # BERT: one row per position
     positions = torch.arange(seq_len, device=device)                # (T,)
     x = torch.randn(2, seq_len, dim, device=device)                 # (B, T, E) token embeddings
@@ -123,7 +159,7 @@ def step_3_learnable_embedding(device, seq_len, dim, max_len, **_) -> dict:
     return costs
 
 
-def step_4_rope_is_complex_rotation(device, seq_len, dim, **_) -> float:
+def step_5_rope_is_complex_rotation(device, seq_len, dim, **_) -> float:
     dev = float64_device(device)
     x = torch.randn(2, 3, seq_len, dim, device=dev, dtype=torch.float64)   # (B, H, T, D)
     half = dim // 2
@@ -136,7 +172,7 @@ def step_4_rope_is_complex_rotation(device, seq_len, dim, **_) -> float:
                  apply_rope(x), expected, atol=1e-10)
 
 
-def step_5_rope_relative(device, seq_len, dim, shifts, **_) -> dict:
+def step_6_rope_relative(device, seq_len, dim, shifts, **_) -> dict:
     dev = float64_device(device)
     x = torch.randn(4, seq_len, dim, device=dev, dtype=torch.float64)
     check("RoPE preserves every vector's norm", apply_rope(x).norm(dim=-1), x.norm(dim=-1),
@@ -165,12 +201,13 @@ def main(argv=None) -> dict:
     parser = make_parser(__file__, __doc__)
     args, device = start(parser, argv)
     cfg = SMOKE if args.smoke else FULL
-    pe = step_1_sinusoid_formula(out_dir=args.out_dir, **cfg)
-    results = {
-        "shift_error": step_2_shift_is_linear(pe, **cfg),
-        "param_costs": step_3_learnable_embedding(device, **cfg),
-        "rope_complex_error": step_4_rope_is_complex_rotation(device, **cfg),
-        **step_5_rope_relative(device, **cfg),
+    results = step_1_attention_ignores_order(device, **cfg)
+    pe = step_2_sinusoid_formula(out_dir=args.out_dir, **cfg)
+    results |= {
+        "shift_error": step_3_shift_is_linear(pe, **cfg),
+        "param_costs": step_4_learnable_embedding(device, **cfg),
+        "rope_complex_error": step_5_rope_is_complex_rotation(device, **cfg),
+        **step_6_rope_relative(device, **cfg),
     }
     print(f"summary: sinusoidal and RoPE cost 0 parameters, a learned table "
           f"{results['param_costs']['learned nn.Embedding']:,}; RoPE scores are shift-invariant")
