@@ -19,8 +19,8 @@ Claims proven:
   7. Why ``.apply``: it records one graph node that runs *your* backward (``grad_fn`` is
      ``MyReLUBackward``); calling an instance, ``MyReLU()(x)``, raises ``RuntimeError``.
   8. Sign STE vs clipped STE: both binarise with ``sign``; the plain STE passes every gradient
-     through, the clipped one only where ``|x| <= 1`` (the gradient of ``hardtanh``): a weight
-     far beyond +-1, where ``sign`` no longer changes, gets no gradient.
+     through, the clipped one only where ``|x| < 1`` (the gradient of ``hardtanh``, 0 at +-1
+     itself): a weight far beyond +-1, where ``sign`` no longer changes, gets no gradient.
 
 Run:  python autograd/07_custom_autograd_function.py        (about 1 s on a laptop CPU)
 """
@@ -189,7 +189,7 @@ class Clamp(Function):
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        inside = (x >= ctx.lo) & (x <= ctx.hi)
+        inside = (x > ctx.lo) & (x < ctx.hi)  # strictly: at a bound torch.clamp passes 0
         return grad_out * inside, None, None  # one per forward input; floats get None
 
 
@@ -201,6 +201,7 @@ class ClampForgotTheNones(Clamp):
 
 def step_6_non_tensor_arguments(device: torch.device, n: int) -> float:
     x = 2 * torch.randn(n, device=device)
+    x[0], x[1] = -1.0, 1.0                    # exactly on the bounds: the convention matters
     a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     v = torch.randn(n, device=device)
     Clamp.apply(a, -1.0, 1.0).backward(v)
@@ -245,23 +246,23 @@ class ClippedSignSTE(Function):
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        return grad_out * (x.abs() <= 1)      # pretend sign was hardtanh (clip to [-1, 1])
+        return grad_out * (x.abs() < 1)       # pretend sign was hardtanh (clip to [-1, 1])
 
 
 def step_8_sign_ste_vs_clipped(device: torch.device, n: int) -> dict:
     x = 2 * torch.randn(n, device=device)
-    x[0], x[1] = 0.5, 3.0                     # one inside [-1, 1], one far outside
+    x[0], x[1], x[2] = 0.5, 3.0, 1.0          # inside [-1, 1], far outside, on the edge
     a, b, c = (x.clone().requires_grad_(True) for _ in range(3))
     v = torch.randn(n, device=device)
     SignSTE.apply(a).backward(v)
     ClippedSignSTE.apply(b).backward(v)
     torch.nn.functional.hardtanh(c).backward(v)         # the oracle for the clipped one
-    print(f"x[:2] = {x[:2].tolist()}: plain STE grad {a.grad[:2].cpu().numpy().round(3)}, "
-          f"clipped {b.grad[:2].cpu().numpy().round(3)} (upstream {v[:2].cpu().numpy().round(3)})")
+    print(f"x[:3] = {x[:3].tolist()}: plain STE grad {a.grad[:3].cpu().numpy().round(3)}, "
+          f"clipped {b.grad[:3].cpu().numpy().round(3)} (upstream {v[:3].cpu().numpy().round(3)})")
     check("both forwards == torch.sign", torch.stack([SignSTE.apply(x), ClippedSignSTE.apply(x)]),
           torch.sign(x).expand(2, n))
     check("plain sign STE: x.grad == upstream gradient everywhere", a.grad, v)
-    check("clipped STE: x.grad == hardtanh's gradient (upstream where |x| <= 1, else 0)",
+    check("clipped STE: x.grad == hardtanh's gradient (upstream where |x| < 1, else 0)",
           b.grad, c.grad)
     return {"plain": a.grad, "clipped": b.grad}
 

@@ -89,8 +89,9 @@ def step_3_view_vs_reshape(device: torch.device) -> torch.Tensor:
     check_raises("view() on a non-contiguous tensor (t.T.view(12)) raises RuntimeError",
                  RuntimeError, t.T.view, 12, match="view size")
     flat = t.T.reshape(12)                                  # copies when it has to
-    check("reshape() works there and equals NumPy's C-order reshape of t.T",
-          np.array_equal(flat.cpu().numpy(), t.cpu().numpy().T.reshape(12)))
+    check("reshape() works there, by copying (no shared memory), and equals NumPy's C-order "
+          "reshape of t.T", not shares_memory(t, flat)
+          and np.array_equal(flat.cpu().numpy(), t.cpu().numpy().T.reshape(12)))
     check("on a contiguous tensor reshape() returns a view (no copy)",
           shares_memory(t, t.reshape(4, 3)))
     return flat

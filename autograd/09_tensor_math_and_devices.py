@@ -9,8 +9,9 @@ Claims proven:
   2. ``mm`` takes 2-D matrices only (3-D raises); ``bmm`` multiplies a batch pairwise, equal to
      a loop of ``mm``; ``matmul`` also broadcasts a single matrix over the batch.
   3. Reductions along a dim drop it; ``keepdim=True`` keeps it as size 1, so the result
-     broadcasts back: ``x / x.sum(1, keepdim=True)`` sums to 1 along dim 1, while without
-     ``keepdim`` the same division raises. Values equal NumPy's.
+     broadcasts back: ``x / x.sum(1, keepdim=True)`` sums to 1 along dim 1. Without
+     ``keepdim`` the same division raises on (2, 3, 4), but on a square (3, 3) it silently
+     broadcasts along the wrong axis: no error, rows that do not sum to 1. Values equal NumPy's.
   4. ``torch.from_numpy`` and ``.numpy()`` share memory; ``torch.tensor(array)`` copies.
      ``.numpy()`` on a tensor that requires grad raises; ``.detach().cpu().numpy()`` is the
      way out from any device.
@@ -89,6 +90,12 @@ def step_3_reductions_keepdim(device: torch.device) -> torch.Tensor:
           torch.ones(2, 4), atol=1e-6)
     check_raises("without keepdim, x / x.sum(1) raises: (2, 3, 4) vs (2, 4) do not broadcast",
                  RuntimeError, torch.div, x, x.sum(dim=1), match="must match")
+    sq = torch.rand(3, 3, device=device) + 0.1                      # (3, 3): the silent case
+    wrong = sq / sq.sum(dim=1)          # (3, 3) / (3,): divides column j by row j's sum
+    print(f"square (3, 3) without keepdim: no error, row sums {wrong.sum(1).tolist()}")
+    check("...but on a square (3, 3) it runs and divides along the wrong axis: rows do not "
+          "sum to 1", not torch.allclose(wrong.sum(1), torch.ones(3, device=device), atol=1e-3),
+          detail=f"largest |row sum - 1| {(wrong.sum(1) - 1).abs().max().item():.3f}")
     return share
 
 
@@ -107,8 +114,14 @@ def step_4_numpy_round_trip(device: torch.device) -> np.ndarray:
     check_raises("out.numpy() raises RuntimeError while out requires grad", RuntimeError,
                  out.numpy, match="requires grad")
     as_numpy = out.detach().cpu().numpy()     # leave the graph, then the device, then torch
-    return check(".detach().cpu().numpy() works from any device and keeps the values",
-                 as_numpy, 2 * w.detach().cpu())
+    print(f".detach().cpu().numpy(): {type(as_numpy).__name__} {as_numpy.dtype}, values "
+          f"{as_numpy.round(3).tolist()}")
+    # On the CPU .cpu() returns the same tensor, so the array aliases out's memory: change one,
+    # the other follows. Copy (np.array(...) or .clone()) if you mean to keep it.
+    check("on the CPU, .detach().cpu().numpy() shares out's memory (no copy is made)",
+          isinstance(as_numpy, np.ndarray) and as_numpy.dtype == np.float32
+          and (device.type != "cpu" or np.shares_memory(as_numpy, out.detach().numpy())))
+    return as_numpy
 
 
 def compute(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -200,7 +213,7 @@ def main(argv=None) -> dict:
         "products": step_1_elementwise_vs_matrix_product(device),
         "bmm": step_2_mm_matmul_bmm(device, cfg["batch"]),
         "normalised": step_3_reductions_keepdim(device),
-        "numpy_error": step_4_numpy_round_trip(device),
+        "as_numpy": step_4_numpy_round_trip(device),
         "device_error": step_5_same_result_on_device(device, cfg["n"]),
         "timing": step_6_timed_matmul(device, cfg["min_seconds"], cfg["repeats"]),
     }

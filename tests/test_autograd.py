@@ -587,6 +587,15 @@ BREAKS = {
     "07 clipped STE: forgot the clip": (
         N07, _patch(lambda m: m.ClippedSignSTE, "backward", staticmethod(lambda ctx, g: g)),
         lambda m: m.step_8_sign_ste_vs_clipped(CPU, 8), "hardtanh"),
+    "07 clipped STE: passes the gradient at |x| == 1 too": (
+        N07, _patch(lambda m: m.ClippedSignSTE, "backward", staticmethod(
+            lambda ctx, g: g * (ctx.saved_tensors[0].abs() <= 1))),
+        lambda m: m.step_8_sign_ste_vs_clipped(CPU, 8), "hardtanh"),
+    "07 ctx arguments: a mask that includes the bounds": (
+        N07, _patch(lambda m: m.Clamp, "backward", staticmethod(lambda ctx, g: (
+            g * ((ctx.saved_tensors[0] >= ctx.lo) & (ctx.saved_tensors[0] <= ctx.hi)),
+            None, None))),
+        lambda m: m.step_6_non_tensor_arguments(CPU, 8), "torch.clamp"),
     # 08
     "08 defaults: float64 by default": (
         N08, lambda mod, mp: (mp.setattr(torch, "zeros", lambda *a, **k: torch.ones(
