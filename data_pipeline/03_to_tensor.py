@@ -16,8 +16,8 @@ Claims proven:
   4. The pitfall: ``ToTensor`` divides by 255 only for uint8 input; a float array stays as is.
   5. ``ToPILImage`` undoes ``ToTensor``: the round trip gives back the same bytes.
   6. ...but only with no arithmetic in between: ``ToPILImage`` truncates ``x * 255`` to bytes,
-     so after ``Normalize`` and its inverse about a quarter of the 256 grey levels come back
-     one lower; rounding first (``(x * 255).round().byte()``) gives every level back.
+     so after ``Normalize`` and its inverse some of the 256 grey levels (63 on a CPU) come
+     back one lower; rounding first (``(x * 255).round().byte()``) gives every level back.
 
 The tensor is also logged with ``SummaryWriter.add_image`` (view it in TensorBoard).
 
