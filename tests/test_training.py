@@ -279,6 +279,14 @@ def test_resume_refuses_an_edited_checkpoint_before_training(train01, finished, 
     assert not (out / "moli_epoch_3.pth").exists()
 
 
+def test_03_claim_fails_when_the_scheduler_never_steps(note, monkeypatch, tmp_path):
+    """Deleting scheduler.step() from the loop once passed every check."""
+    mod = note("training/03_train_gpu_device.py")
+    monkeypatch.setattr(torch.optim.lr_scheduler.CosineAnnealingLR, "step", lambda self: None)
+    with pytest.raises(ClaimError, match="cosine rate"):
+        mod.main([*SMOKE, "--out-dir", str(tmp_path)])
+
+
 def test_03_resume_refuses_an_edited_scheduler_state(note, tmp_path):
     """03 restores a CosineAnnealingLR: an edited last_epoch once failed at its first step()."""
     mod = note("training/03_train_gpu_device.py")

@@ -6,6 +6,7 @@ that every claim family can fail (a wrong version monkeypatched into the note ra
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -114,6 +115,30 @@ def test_01_claims_can_fail(note, monkeypatch, tmp_path):
     monkeypatch.setattr(mod, "warmup_cosine_lambda", lambda w, t, min_ratio=0.0: (lambda s: 0.0))
     with pytest.raises(ClaimError, match="recipe trains"):
         mod.step_5_train_with_recipe(CPU, steps=40, warmup=4)
+
+
+def test_01_scheduler_stepped_before_the_optimizer_is_caught(note, monkeypatch):
+    """The note's lr_trace with the two calls swapped: every step applies the next step's rate.
+    Once the trace read param_groups' lr at the top of the loop, and this swap passed."""
+    mod = note(OPT)
+
+    def swapped(make_sched, steps):
+        p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.SGD([p], lr=mod.LR, momentum=0.9)
+        sched, lrs = make_sched(opt), []
+        for _ in range(steps - 1):                        # OneCycleLR allows `steps` steps
+            p.grad = torch.ones_like(p)
+            before = p.detach().clone()
+            with warnings.catch_warnings():               # PyTorch warns about this order
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()                              # scheduler first: the mistake
+            opt.step()
+            lrs.append(((before - p.detach()) / opt.state[p]["momentum_buffer"]).item())
+        return lrs + lrs[-1:]
+
+    monkeypatch.setattr(mod, "lr_trace", swapped)
+    with pytest.raises(ClaimError, match="StepLR follows its closed form"):
+        mod.step_3_and_4_schedules(20, 4, _NullWriter())
 
 
 class _NullWriter:

@@ -30,6 +30,7 @@ Run:  python training/03_train_gpu_device.py --device cuda    (on a GPU)
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 import torch
@@ -158,11 +159,13 @@ def step_3_train_timed(loaders, device: torch.device, cfg: dict, out_dir, resume
     for epoch in range(first_epoch, cfg["epochs"] + 1):
         synchronize(device)
         t0 = time.perf_counter()
+        used = optimizer.param_groups[0]["lr"]             # the rate this epoch trains with
         losses += train_one_epoch(model, train_loader, loss_fn, optimizer, device,
                                   cfg["log_every"])
         synchronize(device)                # GPU work is queued: wait before reading the clock
         seconds = time.perf_counter() - t0
-        scheduler.step()                   # cosine: the lr falls to 0 at the last epoch
+        scheduler.step()         # cosine: epoch e trains at lr (1 + cos(pi (e - 1) / E)) / 2;
+                                 # it would reach 0 only after the last epoch
         test_loss, acc = evaluate(model, test_loader, loss_fn, device)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch,
@@ -172,8 +175,15 @@ def step_3_train_timed(loaders, device: torch.device, cfg: dict, out_dir, resume
                      "loader_generator": train_loader.generator.get_state(),
                      "settings": cfg["settings"]},            # --resume refuses other ones
                     out_dir / f"moli_device_epoch_{epoch}.pth")   # temp file, fsync, rename
-        epochs.append(dict(epoch=epoch, seconds=seconds, test_accuracy=acc))
-        print(f"epoch {epoch} on {device}: {seconds:.2f} s | test accuracy {acc:.1%}")
+        epochs.append(dict(epoch=epoch, seconds=seconds, test_accuracy=acc, lr=used))
+        print(f"epoch {epoch} on {device}: {seconds:.2f} s | lr {used:.2e} | test accuracy "
+              f"{acc:.1%}")
+    if epochs:                     # the scheduler is in the loop (and resumed where it stood)
+        E = cfg["epochs"]
+        check("each epoch trained at the cosine rate lr (1 + cos(pi (e - 1) / E)) / 2",
+              torch.tensor([e["lr"] for e in epochs], dtype=torch.float64),
+              torch.tensor([cfg["lr"] * (1 + math.cos(math.pi * (e["epoch"] - 1) / E)) / 2
+                            for e in epochs], dtype=torch.float64), atol=1e-12)
     k = max(1, min(10, len(losses) // 4))
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     check("the training loss went down", last < 0.8 * first,

@@ -144,15 +144,18 @@ def step_2_param_groups(device, lr=0.1, wd=0.5) -> dict:
 
 
 def lr_trace(make_sched, steps: int) -> list:
-    """The learning rate each step uses, read from the optimizer, stepping the scheduler."""
-    p = torch.zeros(1, requires_grad=True)
+    """The learning rate each step really applied, measured from the update it made."""
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.SGD([p], lr=LR, momentum=0.9)          # OneCycleLR cycles the momentum
     sched = make_sched(opt)
     lrs = []
     for _ in range(steps):
-        lrs.append(opt.param_groups[0]["lr"])
+        p.grad = torch.ones_like(p)                          # a constant gradient of 1
+        before = p.detach().clone()
         opt.step()                                           # optimizer first, then scheduler
-        sched.step()
+        sched.step()           # (the other way round, step t would use step t + 1's rate)
+        buf = opt.state[p]["momentum_buffer"]                # SGD moved p by lr * buf
+        lrs.append(((before - p.detach()) / buf).item())
     return lrs
 
 
