@@ -13,9 +13,10 @@ Claims proven:
   3. With a seeded ``torch.Generator`` shuffling is reproducible: the same seed gives the same
      order; the next epoch (the generator moved on) gives a new one.
   4. Worker processes: ``num_workers=2`` delivers the indices in the order ``num_workers=0``
-     does; each worker is seeded from the loader's generator (``base_seed + worker_id``), so
-     the two workers draw different random numbers, the same generator seed draws them again
-     exactly, and another seed draws others.
+     does; worker ``k``'s torch seed is ``base_seed + k`` (one ``base_seed`` per epoch, drawn
+     from the loader's generator), and ``seed_worker`` seeds NumPy and ``random`` from it: so
+     the workers draw different torch, NumPy and ``random`` numbers, the same generator seed
+     draws them again exactly, and another seed draws others.
   5. ``pin_memory=True`` puts batches in page-locked memory when CUDA is there (so
      ``.to("cuda", non_blocking=True)`` can overlap); without an accelerator it only warns.
 
@@ -56,8 +57,9 @@ SMOKE = dict(size=100, batch_size=32, epochs=2, workers=2, timed_epochs=1)
 
 
 class IndexDataset(Dataset):
-    """Item i is ``(i, r, w)``: its index, a random number standing for a random augmentation,
-    and the id of the worker process that loaded it (-1: the main process)."""
+    """Item i is ``(i, t, n, p, base, w)``: its index; a random number from torch, NumPy and
+    ``random`` each (standing for random augmentations); the process's torch seed minus its
+    worker id; and the id of the worker process that loaded it (-1: the main process)."""
 
     def __init__(self, n: int):
         self.n = n
@@ -67,7 +69,9 @@ class IndexDataset(Dataset):
 
     def __getitem__(self, i: int):
         info = get_worker_info()                        # None in the main process
-        return i, torch.rand(()), info.id if info is not None else -1
+        w = info.id if info is not None else -1
+        return (i, torch.rand(()), np.random.rand(), random.random(),
+                torch.initial_seed() - max(w, 0), w)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -135,23 +139,34 @@ def step_3_seeded_shuffling(n: int, batch_size: int, seed: int) -> list:
 
 def step_4_workers(n: int, batch_size: int, seed: int, workers: int) -> dict:
     def run(num_workers, s):
-        return epoch(DataLoader(IndexDataset(n), batch_size=batch_size, shuffle=True,
-                                num_workers=num_workers, worker_init_fn=seed_worker,
-                                generator=torch.Generator().manual_seed(s)))
+        idx, *drawn, base, w = epoch(DataLoader(
+            IndexDataset(n), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(s)))
+        return idx, torch.stack(drawn), base, w         # drawn: (3, N) torch, NumPy, random
 
-    (idx0, _, _), (idx, r, w) = run(0, seed), run(workers, seed)
+    (idx0, *_), (idx, drawn, base, w) = run(0, seed), run(workers, seed)
+    firsts = torch.stack([drawn[:, w == k][:, 0] for k in range(workers)])   # (workers, 3)
     print(f"num_workers={workers}: batches loaded by workers {w[::batch_size].tolist()}; "
-          f"first numbers drawn: " + ", ".join(f"worker {k}: {r[w == k][0]:.4f}"
-                                               for k in range(workers)))
+          f"torch seed - worker id: {sorted(set(base.tolist()))}; first (torch, NumPy, random) "
+          f"drawn: " + ", ".join(f"worker {k}: {np.round(firsts[k].numpy(), 4).tolist()}"
+                                  for k in range(workers)))
     check(f"num_workers={workers} delivers the indices in the order num_workers=0 does",
           torch.equal(idx, idx0))
-    streams = [r[w == k][: batch_size] for k in range(workers)]
-    check("each worker is seeded differently: the workers' random numbers differ",
-          all(not torch.equal(streams[0], s) for s in streams[1:]))
-    (_, r_again, _), (_, r_other, _) = run(workers, seed), run(workers, seed + 1)
-    check("the same generator seed draws the same random numbers again, another seed others",
-          torch.equal(r, r_again) and not torch.equal(r, r_other))
-    return {"workers_seen": sorted(set(w.tolist()))}
+    check("every worker's torch seed is base_seed + worker_id (one base_seed for all)",
+          len(set(base.tolist())) == 1 and sorted(set(w.tolist())) == list(range(workers)),
+          detail=f"base_seed {base[0]}")
+    streams = [drawn[:, w == k][:, :batch_size] for k in range(workers)]
+    check("each worker is seeded differently: its torch, NumPy and random numbers all differ",
+          all((streams[0] != s).all() for s in streams[1:]))
+    (_, again, *_), (_, other, *_) = run(workers, seed), run(workers, seed + 1)
+    check("the same generator seed draws the same numbers again (all 3), another seed others",
+          torch.equal(drawn, again) and bool((drawn != other).all()))
+    # seed_worker seeded NumPy and random with base_seed + k: their first draws, recomputed.
+    seeds = [(int(base[0]) + k) % 2**32 for k in range(workers)]
+    check("seed_worker: worker k's first NumPy / random draw is the one seed base_seed + k gives",
+          firsts[:, 1:], [[np.random.RandomState(s).rand(), random.Random(s).random()]
+                          for s in seeds])
+    return {"workers_seen": sorted(set(w.tolist())), "base_seed": int(base[0])}
 
 
 def step_5_pin_memory(ds, batch_size: int, device: torch.device) -> bool:

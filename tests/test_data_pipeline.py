@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import shutil
 from urllib.error import URLError
 
@@ -278,17 +279,31 @@ def test_03_to_tensor_claims_can_fail(note, monkeypatch):
 
 def test_04_transform_claims_can_fail(note, monkeypatch, tmp_path):
     mod = note("data_pipeline/04_useful_transforms.py")
-    img, resize = colour_image(50, 70), transforms.Resize
+    img, resize, normalize = colour_image(50, 70), transforms.Resize, transforms.Normalize
     with SummaryWriter(log_dir=str(tmp_path)) as w:
         assert quiet(mod.step_2_resize_shapes, img, (20, 30), 25, w) == ((30, 20), (35, 25))
-        with monkeypatch.context() as m, pytest.raises(ClaimError, match=r"\(x - mean\) / std"):
-            m.setattr(mod.transforms, "Normalize",
-                      lambda mean, std: (lambda x: x - torch.tensor(mean)[:, None, None]))
-            quiet(mod.step_1_normalize_by_hand, img, w)
+        quiet(mod.step_1_normalize_by_hand, img, w)
+        for claim, wrong in [                          # a wrong Normalize -> the claim it breaks
+                ("constant image", lambda mean, std: (
+                    lambda x: x - torch.tensor(mean)[:, None, None])),      # forgets the std
+                ("constant image", lambda mean, std: normalize(std, mean)),  # mean, std swapped
+                ("constant image", lambda mean, std: normalize(mean[::-1], std)),   # RGB as BGR
+                (r"\(x - mean\) / std", lambda mean, std: (            # swaps H and W: right
+                    lambda x: normalize(mean, std)(x).transpose(1, 2)))]:  # on a square constant
+            with monkeypatch.context() as m, pytest.raises(ClaimError, match=claim):
+                m.setattr(mod.transforms, "Normalize", wrong)
+                quiet(mod.step_1_normalize_by_hand, img, w)
         with monkeypatch.context() as m, pytest.raises(ClaimError, match="height 20, width 30"):
             m.setattr(mod.transforms, "Resize", lambda size: resize(
                 size[::-1] if isinstance(size, tuple) else size))    # (h, w) read as (w, h)
             quiet(mod.step_2_resize_shapes, img, (20, 30), 25, w)
+        wide = colour_image(63, 104)                 # 43 * 104 / 63 = 70.98: int 70, round 71
+        assert quiet(mod.step_2_resize_shapes, wide, (20, 30), 43, w)[1] == (70, 43)
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="shorter side 43"):
+            m.setattr(mod.transforms, "Resize", lambda size: resize(size) if isinstance(
+                size, tuple) else lambda im: resize((size, round(size * im.width / im.height)))(
+                im))                                   # rounds the long side instead
+            quiet(mod.step_2_resize_shapes, wide, (20, 30), 43, w)
 
         class SquareCrop(transforms.RandomCrop):                   # ignores a non-square size
             def __init__(self, size):
@@ -298,20 +313,36 @@ def test_04_transform_claims_can_fail(note, monkeypatch, tmp_path):
         with monkeypatch.context() as m, pytest.raises(ClaimError, match="are each 12x24"):
             m.setattr(mod.transforms, "RandomCrop", SquareCrop)
             quiet(mod.step_3_random_crops, img, 16, (12, 24), 3, 0, w)
+
+        class HalfWidthCrop(transforms.RandomCrop):                # reads s as (s, s // 2)
+            def __init__(self, size):
+                super().__init__(size if isinstance(size, tuple) else (size, size // 2))
+
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="are each 16x16"):
+            m.setattr(mod.transforms, "RandomCrop", HalfWidthCrop)
+            quiet(mod.step_3_random_crops, img, 16, (12, 24), 3, 0, w)
         with monkeypatch.context() as m, pytest.raises(ClaimError, match="v2.Normalize"):
             m.setattr(mod.v2, "Normalize", lambda mean, std: lambda x: x - 0.5)
             quiet(mod.step_5_v2_beside_classic, img, (20, 30), 16, 0)
 
 
-def test_04_compose_claim_fails_without_the_seed(note, monkeypatch, tmp_path):
+def test_04_compose_claims_can_fail(note, monkeypatch, tmp_path):
     mod = note("data_pipeline/04_useful_transforms.py")
-    img = colour_image(80, 90, seed=1)
+    img, compose = colour_image(80, 90, seed=1), transforms.Compose
+    step = mod.step_4_compose_is_the_steps_in_order
     with SummaryWriter(log_dir=str(tmp_path)) as w:
-        quiet(mod.step_4_compose_is_the_steps_in_order, img, (60, 70), 20, 3, w)
+        quiet(step, img, (60, 70), 20, 3, w)
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match=r"is \(3, 20, 20\)"):
+            m.setattr(mod.transforms, "Compose", lambda steps: compose(   # RandomCrop first:
+                [steps[1], steps[0], *steps[2:]]))                         # (3, 60, 70)
+            quiet(step, img, (60, 70), 20, 3, w)
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match="seeded RandomCrop"):
+            m.setattr(mod.transforms, "Compose", lambda steps: compose(steps[:-1]))  # no Normalize
+            quiet(step, img, (60, 70), 20, 3, w)
         monkeypatch.setattr(mod.torch, "manual_seed", lambda seed: None)   # crops drawn apart
-        with pytest.raises(ClaimError, match="one by one"):
+        with pytest.raises(ClaimError, match="seeded RandomCrop"):
             for _ in range(5):                   # two unseeded crops agree 1 time in ~1600
-                quiet(mod.step_4_compose_is_the_steps_in_order, img, (60, 70), 20, 3, w)
+                quiet(step, img, (60, 70), 20, 3, w)
 
 
 # --- 05: logging claims can fail ------------------------------------------------------------
@@ -362,6 +393,11 @@ def test_06_claims_can_fail(note, tmp_path, monkeypatch):
         quiet(mod.step_2_preview, test_set, tmp_path / "logs", tmp_path / "g.png", 4)
     train_set = SyntheticCIFAR10(True, size=256)
     quiet(mod.step_3_normalize_with_train_statistics, train_set, test_set, 8)
+    real_stats = mod.channel_stats
+    with monkeypatch.context() as m, pytest.raises(ClaimError, match="through a DataLoader"):
+        m.setattr(mod, "channel_stats", lambda images: real_stats(      # train + test together
+            np.concatenate([images, test_set.data])))
+        quiet(mod.step_3_normalize_with_train_statistics, train_set, test_set, 8)
     with pytest.raises(ClaimError, match="not exactly 0"):        # statistics from the test set
         quiet(mod.step_3_normalize_with_train_statistics, test_set, test_set, 8)
     with monkeypatch.context() as m, pytest.raises(ClaimError, match="train mean"):
@@ -392,9 +428,22 @@ def test_07_claims_can_fail(note, monkeypatch):
     with monkeypatch.context() as m, pytest.raises(ClaimError, match="same order"):
         m.setattr(mod, "DataLoader", forcing(generator=None))         # ignores the generator
         quiet(mod.step_3_seeded_shuffling, 40, 8, 0)
-    with monkeypatch.context() as m, pytest.raises(ClaimError, match="seeded differently"):
-        m.setattr(mod, "seed_worker", lambda worker_id: torch.manual_seed(0))   # same seed
-        quiet(mod.step_4_workers, 24, 4, 0, 2)
+    quiet(mod.step_4_workers, 24, 4, 0, 2)
+
+    def seeding(np_seed, random_seed):                  # a worker_init_fn seeding NumPy, random
+        return lambda worker_id: (np.random.seed(np_seed(worker_id)),
+                                  random.seed(random_seed(worker_id)))
+
+    same = seeding(lambda k: 0, lambda k: 0)             # every worker repeats the same draws
+    unseeded = seeding(lambda k: None, lambda k: None)   # seeds from the OS: not reproducible
+    twice = seeding(lambda k: (torch.initial_seed() + k) % 2**32,    # adds the worker id again
+                    lambda k: torch.initial_seed() + k)
+    for claim, wrong in [(r"base_seed \+ worker_id", lambda worker_id: torch.manual_seed(0)),
+                         ("seeded differently", same), ("same numbers again", unseeded),
+                         ("first NumPy / random draw", twice)]:
+        with monkeypatch.context() as m, pytest.raises(ClaimError, match=claim):
+            m.setattr(mod, "seed_worker", wrong)
+            quiet(mod.step_4_workers, 24, 4, 0, 2)
     ds = SyntheticCIFAR10(False, transform=transforms.ToTensor(), size=8)
     if not torch.accelerator.is_available():
         with monkeypatch.context() as m, pytest.raises(ClaimError, match="only warns"):
