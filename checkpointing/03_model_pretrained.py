@@ -16,7 +16,11 @@ file itself: first its SHA-256 must start with the prefix in the file name
 Claims proven:
   1. The ``weights`` enum describes what it builds: the model has exactly
      ``meta["num_params"]`` parameters and as many outputs as ``meta["categories"]`` (1000);
-     ``weights.transforms()`` turns an image of any size into a (3, 224, 224) tensor.
+     ``weights.transforms()`` turns an image of any size into a (3, 224, 224) tensor
+     normalised with ImageNet's published mean and std: a gray photo (every pixel 128)
+     becomes (128/255 - mean) / std in each channel. With the cached file,
+     ``load_state_dict`` puts every one of its tensors into the model (without the file the
+     note says so and this check has nothing to compare).
   2. ``print(vgg)`` shows why the head is ``classifier[6]``: it is the classifier's last layer,
      the 4096 -> 1000 Linear. ``classifier.add_module("add_linear", nn.Linear(1000, 10))``
      appends a layer after it: the output has 10 classes.
@@ -26,7 +30,8 @@ Claims proven:
      parameter without a gradient; an optimiser built over the trainable parameters only
      holds the classifier's, by formula, and its step changes them and nothing else.
   5. A weights file whose SHA-256 does not start with the published prefix is refused before
-     it is unpickled (shown on a file this note plants in --out-dir).
+     it is unpickled: the file this note plants in --out-dir holds bytes no unpickler accepts,
+     so reading it first would fail with the unpickler's error, not the hash refusal.
 
 Offline there are no weights: if the file is in torch hub's cache it is used, otherwise the
 note says so and continues with random weights. ``--download`` fetches 528 MB into that cache
@@ -58,12 +63,13 @@ from torchnotes import (
     prepare_out_dir,
     start,
 )
-from torchnotes.checkpoint import load_weights
 from torchnotes.datasets import DOWNLOAD_TIMEOUT_S, short_reason, socket_timeout
 
 FULL = dict(image_size=224, batch=2)      # the size VGG16 was trained on
 SMOKE = dict(image_size=32, batch=2)      # smallest input the five max-pools allow
 WEIGHTS = VGG16_Weights.IMAGENET1K_V1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)     # per RGB channel, published with the ImageNet models
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def cached_weights_file(weights=WEIGHTS) -> Path:
@@ -120,7 +126,14 @@ def step_1_build(download: bool, device: torch.device, image_size: int, batch: i
     vgg = vgg16(weights=None)                 # the architecture; weights from the file below
     if pretrained:
         print(f"ImageNet weights: cached at {cached}")
-        load_weights(vgg, state, source=str(cached))
+        # strict (the default): every key and shape must fit; the published hash vouches
+        # for that, so no planted file reaches this line
+        vgg.load_state_dict(state)
+        mine = vgg.state_dict()
+        check("load_state_dict put every tensor of the file into the model",
+              mine.keys() == state.keys() and all(torch.equal(mine[k], v)
+                                                  for k, v in state.items()),
+              detail=f"{len(state)} tensors")
     else:
         print(f"no cached weights at {cached}: using random weights "
               f"(--download fetches them, 528 MB)")
@@ -132,12 +145,17 @@ def step_1_build(download: bool, device: torch.device, image_size: int, batch: i
           vgg.classifier[6].out_features == len(WEIGHTS.meta["categories"]) == 1000)
     preprocess = WEIGHTS.transforms()         # resize 256, center-crop 224, ImageNet mean/std
     print(f"WEIGHTS.transforms(): {preprocess}")
-    photos = torch.randint(0, 256, (batch, 3, 300, 400), dtype=torch.uint8)   # (B, 3, H, W)
-    x = preprocess(photos)                    # (B, 3, 224, 224) float, normalised
-    check("weights.transforms() makes a 300x400 photo into what VGG16 expects",
-          tuple(x.shape) == (batch, 3, 224, 224) and x.dtype == torch.float32,
-          detail=f"{tuple(x.shape)} {x.dtype}")
-    if image_size != 224:                     # smoke: small inputs, same code
+    gray = preprocess(torch.full((3, 300, 400), 128, dtype=torch.uint8))   # (3, 224, 224)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    # float32 output of size ~2: rounding is ~2e-7, so 1e-6 leaves room and nothing more
+    check("weights.transforms(): gray 300x400 -> 224x224 of (128/255 - mean) / std",
+          gray, ((128 / 255 - mean) / std).expand(3, 224, 224), atol=1e-6,
+          detail=f"{gray.dtype}")
+    if image_size == 224:                     # photos of another size, preprocessed
+        photos = torch.randint(0, 256, (batch, 3, 300, 400), dtype=torch.uint8)  # (B, 3, H, W)
+        x = preprocess(photos)                # (B, 3, 224, 224) float, normalised
+    else:                                     # smoke: small inputs, same code
         x = torch.rand(batch, 3, image_size, image_size)
     return vgg.to(device).eval(), pretrained, x.to(device)
 
@@ -203,9 +221,12 @@ def step_4_freeze_features(vgg: nn.Module, x: torch.Tensor) -> dict:
 def step_5_refuse_a_planted_file(out_dir: Path) -> str:
     """A file under the published name whose bytes are not the published ones: never loaded."""
     planted = output_file(out_dir, f"planted-{cached_weights_file().name}")
-    torch.save({"classifier.6.weight": torch.zeros(1000, 4096)}, planted)   # loads fine...
+    # Bytes no unpickler accepts: had they been read before the hash was checked, the error
+    # would be the unpickler's, which lacks "not loaded". BaseException, not NoteError (a
+    # SystemExit), so that such an error fails this claim instead of escaping it.
+    planted.write_bytes(b"planted: neither a zip archive nor a pickle\n")
     return check_raises("a weights file whose SHA-256 does not match is refused, unread",
-                        NoteError, load_cached_weights, planted, match="not loaded")
+                        BaseException, load_cached_weights, planted, match="not loaded")
 
 
 def main(argv=None) -> dict:

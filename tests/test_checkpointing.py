@@ -10,11 +10,13 @@ import io
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 from urllib.error import URLError
 
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
 from torchnotes import ClaimError, NoteError
 
@@ -308,3 +310,64 @@ def test_03_claim_fails_without_the_hash_check(note, tmp_path, monkeypatch):
                         lambda path: torch.load(path, map_location=CPU))   # no hash check
     with pytest.raises(ClaimError, match="does not match is refused"):
         mod.step_5_refuse_a_planted_file(tmp_path)
+
+
+def test_03_claim_fails_when_the_file_is_read_before_its_hash(note, tmp_path, monkeypatch):
+    mod = note("checkpointing/03_model_pretrained.py")
+    checked = mod.load_cached_weights
+
+    def read_first(path):                           # the mistake: unpickle, then check the hash
+        torch.load(path, map_location=CPU, weights_only=True)
+        return checked(path)
+
+    monkeypatch.setattr(mod, "load_cached_weights", read_first)
+    with pytest.raises(ClaimError, match="does not match is refused, unread.*lacks 'not loaded'"):
+        mod.step_5_refuse_a_planted_file(tmp_path)
+
+
+def _resize_crop(size: int = 256, crop: int = 224) -> list:
+    return [v2.Resize(size), v2.CenterCrop(crop)]
+
+
+@pytest.mark.parametrize("transforms", [
+    v2.Compose([*_resize_crop(), v2.ToDtype(torch.float32, scale=True)]),         # no Normalize
+    v2.Compose([*_resize_crop(), v2.ToDtype(torch.float32, scale=False),           # 0..255
+                v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+    v2.Compose([*_resize_crop(), v2.ToDtype(torch.float32, scale=True),            # BGR order
+                v2.Normalize([0.406, 0.456, 0.485], [0.225, 0.224, 0.229])]),
+    v2.Compose([*_resize_crop(crop=256), v2.ToDtype(torch.float32, scale=True),    # 256x256
+                v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+], ids=["no-normalize", "unscaled", "bgr-mean-std", "crop-256"])
+def test_03_claim_fails_when_the_preprocessing_is_not_imagenets(note, tmp_path, monkeypatch,
+                                                                 random_vgg16, transforms):
+    mod = note("checkpointing/03_model_pretrained.py")
+    _empty_hub(tmp_path, monkeypatch)
+    monkeypatch.setattr(mod, "vgg16", lambda weights=None: random_vgg16)      # not modified
+    monkeypatch.setattr(mod, "WEIGHTS", SimpleNamespace(meta=mod.WEIGHTS.meta,
+                                                        transforms=lambda: transforms))
+    with pytest.raises(ClaimError, match="weights.transforms\\(\\): gray 300x400"):
+        mod.step_1_build(False, CPU, 32, 2)
+
+
+def test_03_cached_weights_reach_the_model_and_the_claim_fails_if_not(note, tmp_path,
+                                                                       monkeypatch, random_vgg16):
+    mod = note("checkpointing/03_model_pretrained.py")
+    _empty_hub(tmp_path, monkeypatch)
+    cached = mod.cached_weights_file()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"present; load_cached_weights is replaced below")
+    state = random_vgg16.state_dict()                 # as if the file passed its hash check
+    monkeypatch.setattr(mod, "load_cached_weights", lambda path: state)
+    vgg = copy.deepcopy(random_vgg16)
+    monkeypatch.setattr(mod, "vgg16", lambda weights=None: vgg)
+    with torch.no_grad():
+        vgg.classifier[6].weight.zero_()              # the model differs from the file
+    assert mod.step_1_build(False, CPU, 32, 2)[1] is True
+    assert torch.equal(vgg.classifier[6].weight, state["classifier.6.weight"])
+    with torch.no_grad():
+        vgg.features[0].weight.zero_()               # (VGG16 starts its biases at 0)
+    # the mistake: the file's tensors never reach this model (strict=False on renamed keys,
+    # or loaded into another instance)
+    monkeypatch.setattr(vgg, "load_state_dict", lambda sd, strict=True: None)
+    with pytest.raises(ClaimError, match="load_state_dict put every tensor of the file"):
+        mod.step_1_build(False, CPU, 32, 2)
