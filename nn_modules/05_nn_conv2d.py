@@ -7,7 +7,10 @@ cannot be shown as an image, so we reshape to ``(2N, 3, 30, 30)`` to look at the
 Claims proven:
   1. ``print(model)`` shows the layer with its arguments: ``Conv2d(3, 6, kernel_size=(3, 3),
      stride=(1, 1))``.
-  2. ``conv(x)`` equals ``F.conv2d(x, conv.weight, conv.bias, stride, padding)``.
+  2. ``conv(x)[n, o, i, j]`` is the k x k window of the zero-padded input at ``(i*s, j*s)``,
+     times weight ``o``, summed, plus bias ``o`` (worked by hand at the corners and the centre),
+     for this layer and for a ``stride=2, padding=1`` one, whose output is
+     ``floor((32 + 2*1 - 3) / 2) + 1 = 16`` pixels wide.
   3. The weight is (out, in, k, k) = (6, 3, 3, 3); parameters 6*3*3*3 + 6 = 168; the default
      initialisation keeps every weight and bias within 1/sqrt(in * k * k).
   4. Over every batch of the loader the output is (B, 6, 30, 30) (the size formula), and
@@ -69,12 +72,38 @@ def step_1_print_model(moli: Moli) -> str:
     return repr(moli)
 
 
-def step_2_module_is_functional(conv: nn.Conv2d, images: torch.Tensor) -> float:
-    out = conv(images)                                             # (N, 6, 30, 30)
-    ref = F.conv2d(images, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
-    # The same kernel on the same numbers; a GPU may pick another algorithm for the second
-    # call, so allow float32 summation-order differences over 27 products (values ~1).
-    return check("nn.Conv2d(x) == F.conv2d(x, its weight, its bias)", out, ref, atol=1e-5)
+def pixels_by_hand(x: torch.Tensor, conv: nn.Conv2d, where) -> torch.Tensor:
+    """out[:, :, i, j] for each (i, j) in ``where``: window of the zero-padded x times weight."""
+    (s, _), (p, _), (k, _) = conv.stride, conv.padding, conv.kernel_size
+    padded = F.pad(x, (p, p, p, p))                         # p zeros on every side of H and W
+    return torch.stack([
+        torch.einsum("nchw,ochw->no", padded[:, :, i * s:i * s + k, j * s:j * s + k],
+                     conv.weight) + conv.bias               # (N, out): window (N, in, k, k)
+        for i, j in where], dim=-1)                         # (N, out, len(where))
+
+
+def step_2_window_by_hand(conv: nn.Conv2d, images: torch.Tensor) -> float:
+    (s, _), (p, _), (k, _) = conv.stride, conv.padding, conv.kernel_size
+    n, _, h, w = images.shape
+    size = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)      # the size formula
+    out = conv(images)                                               # (N, out, H', W')
+    setting = f"stride={s}, padding={p}"
+    expected = (n, conv.out_channels, *size)
+    check(f"{setting}: output (N, {conv.out_channels}, {size[0]}, {size[1]}), side "
+          f"floor(({h} + 2p - {k}) / s) + 1", tuple(out.shape) == expected,
+          detail=str(tuple(out.shape)))
+    last_i, last_j = size[0] - 1, size[1] - 1
+    where = [(0, 0), (0, last_j), (last_i, 0), (last_i, last_j), (last_i // 2, last_j // 2)]
+    got = torch.stack([out[:, :, i, j] for i, j in where], dim=-1)   # (N, out, 5)
+    same = F.conv2d(images, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
+    print(f"{setting}: F.conv2d(x, conv.weight, conv.bias, ...), which nn.Conv2d calls, "
+          f"differs by {(out - same).abs().max().item():.1g}")
+    # CPU: float32 sums of 27 products (|x| <= 1, |w| < 0.2) in another order, ~1e-7. CUDA
+    # convolutions may round inputs to TF32 (10-bit mantissa): up to ~1e-3 on such a sum. A
+    # wrong window (padding, stride, a flipped kernel) is off by ~0.1.
+    atol = 1e-5 if images.device.type == "cpu" else 3e-3
+    return check(f"{setting}: conv(x) at the 4 corners and the centre == window * weight + "
+                 "bias, by hand", got, pixels_by_hand(images, conv, where), atol=atol)
 
 
 def step_3_parameters(conv: nn.Conv2d) -> int:
@@ -135,7 +164,9 @@ def main(argv=None) -> dict:
     loader = DataLoader(dataset, batch_size=cfg["batch_size"])
     results = {"repr": step_1_print_model(moli)}
     first_batch = next(iter(loader))[0].to(device)
-    results["functional_error"] = step_2_module_is_functional(moli.conv1, first_batch)
+    results["window_error"] = step_2_window_by_hand(moli.conv1, first_batch)
+    strided = nn.Conv2d(3, 6, kernel_size=3, stride=2, padding=1).to(device)   # 32 -> 16
+    results["window_error_strided"] = step_2_window_by_hand(strided, first_batch)
     results["n_params"] = step_3_parameters(moli.conv1)
     results.update(step_4_over_the_loader(moli, loader, device, cfg["max_steps"], args.out_dir))
     print(f"summary: Conv2d(3, 6, 3) has {results['n_params']} parameters; "

@@ -13,18 +13,22 @@ Claims proven:
      none on random batches.
   2. Worked by hand, scores [0.1, 0.2, 0.3] with class 1: CE = -0.2 + ln(e^0.1 + e^0.2 +
      e^0.3) = 1.1019; on random batches ``CrossEntropyLoss`` with class indices equals
-     ``-z_y + log sum exp z`` for every reduction, and equals
-     ``NLLLoss(log_softmax(z))``: CrossEntropyLoss expects raw scores, not probabilities.
-  3. With probability targets it equals ``-sum p log softmax(z)``; one-hot probabilities give
+     ``-z_y + log sum exp z`` for every reduction (it is ``log_softmax`` then ``NLLLoss``).
+  3. It expects raw scores, not probabilities: a confident, correct prediction, scores
+     ``20 * onehot``, costs ``ln(1 + (C-1) e^-20) ~ 0``; passed through softmax first it costs
+     ``-1 + ln(e + C - 1) = 1.4612`` (C = 10), the least any probability row can cost.
+  4. With probability targets it equals ``-sum p log softmax(z)``; one-hot probabilities give
      the same loss as class indices.
-  4. ``label_smoothing=eps`` equals the probability-target loss on ``(1-eps)*onehot + eps/C``.
-  5. With class ``weight`` and mean reduction, the sum is divided by the sum of the targets'
+  5. ``label_smoothing=eps`` equals the probability-target loss on ``(1-eps)*onehot + eps/C``.
+  6. With class ``weight`` and mean reduction, the sum is divided by the sum of the targets'
      weights, not by N.
 
 Run:  python nn_modules/08_nn_loss.py        (under 1 s after imports on a laptop CPU)
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -115,12 +119,35 @@ def step_2_cross_entropy_indices(device: torch.device, batch: int, classes: int)
         check(f"CrossEntropyLoss(reduction={r!r}) == hand formula",
               nn.CrossEntropyLoss(reduction=r)(zr, yr), cross_entropy_by_hand(zr, yr, r),
               atol=ATOL, rtol=RTOL)
-    check("CrossEntropyLoss(z) == NLLLoss(log_softmax(z))", nn.CrossEntropyLoss()(zr, yr),
-          nn.NLLLoss()(F.log_softmax(zr, dim=1), yr), atol=ATOL, rtol=RTOL)
+    nll = nn.NLLLoss()(F.log_softmax(zr, dim=1), yr)      # how PyTorch defines CE: not a check
+    print(f"NLLLoss(log_softmax(z)) = {nll.item():.4f}; CrossEntropyLoss(z) = "
+          f"{nn.CrossEntropyLoss()(zr, yr).item():.4f}")
     return small.item()
 
 
-def step_3_probability_targets(device: torch.device, batch: int, classes: int) -> None:
+def step_3_scores_not_probabilities(device: torch.device, batch: int, classes: int) -> float:
+    y = torch.randint(0, classes, (batch,), device=device)
+    z = 20 * F.one_hot(y, classes).float()                # (N, C) confident, correct scores
+    ce = nn.CrossEntropyLoss(reduction="none")
+    on_scores = ce(z, y)                                  # right: raw scores
+    on_probs = ce(torch.softmax(z, dim=1), y)             # the mistake: softmax before the loss
+    # Softmax rows are ~one-hot, read as scores: -1 + ln(e^1 + (C-1) e^0). It is the minimum:
+    # moving probability to class y always lowers -p_y + ln sum exp p.
+    floor = -1 + math.log(math.e + classes - 1)
+    print(f"perfect prediction: CE {on_scores.abs().max().item():.1e} on scores, "
+          f"{on_probs.min().item():.4f} on probabilities")
+    # float32 log-sum-exp of values <= 20: within a few ulps of 1, so 1e-6.
+    check("perfect prediction as raw scores: CE == ln(1 + (C-1) e^-20) ~ 0", on_scores,
+          torch.full_like(on_scores, math.log1p((classes - 1) * math.exp(-20))), atol=1e-6)
+    check(f"the same prediction as probabilities: CE == -1 + ln(e + C - 1) = {floor:.4f}",
+          on_probs, torch.full_like(on_probs, floor), atol=1e-6)
+    rows = torch.softmax(3 * torch.randn(batch, classes, device=device), dim=1)
+    print(f"{batch} random probability rows as input: lowest CE "
+          f"{ce(rows, y).min().item():.4f} (>= {floor:.4f}, the perfect row's)")
+    return floor
+
+
+def step_4_probability_targets(device: torch.device, batch: int, classes: int) -> None:
     z = 3 * torch.randn(batch, classes, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     probs = torch.softmax(torch.randn(batch, classes, device=device), dim=1)  # rows sum to 1
@@ -135,7 +162,7 @@ def step_3_probability_targets(device: torch.device, batch: int, classes: int) -
           nn.CrossEntropyLoss(label_smoothing=eps)(z, y), ce(z, smoothed), atol=ATOL, rtol=RTOL)
 
 
-def step_4_class_weights(device: torch.device, batch: int, classes: int) -> float:
+def step_5_class_weights(device: torch.device, batch: int, classes: int) -> float:
     z = 3 * torch.randn(batch, classes, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     w = torch.rand(classes, device=device) + 0.5                   # (C,) positive weights
@@ -154,8 +181,9 @@ def main(argv=None) -> dict:
     cfg = SMOKE if args.smoke else FULL
     results = step_1_l1_and_mse(device, cfg["batch"])
     results["example_ce"] = step_2_cross_entropy_indices(device, **cfg)
-    step_3_probability_targets(device, **cfg)
-    results["weighted_error"] = step_4_class_weights(device, **cfg)
+    results["probs_floor"] = step_3_scores_not_probabilities(device, **cfg)
+    step_4_probability_targets(device, **cfg)
+    results["weighted_error"] = step_5_class_weights(device, **cfg)
     print(f"summary: worked examples L1 {results['example_l1']:.4f}, "
           f"MSE {results['example_mse']:.4f}, CE {results['example_ce']:.4f}")
     return results

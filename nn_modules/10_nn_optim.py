@@ -7,9 +7,14 @@ initial weights, same shuffling) the whole run repeats exactly on the CPU. Summi
 for a report must use ``loss.item()``: adding the loss *tensor* chains every step's graph.
 
 Claims proven:
-  1. One ``optimizer.step()`` equals the hand update ``p - lr * grad`` for every parameter;
-     ``zero_grad()`` then clears every ``.grad`` (to ``None``, the default).
-  2. Over 20 rounds (epochs) of the loader on a fixed training subset, the loss falls.
+  1. Two ``optimizer.step()`` calls on two batches equal the hand updates: after the first,
+     ``p - lr * g1``; after the second, ``p - lr * g1 - lr * g2`` (plain SGD keeps no memory
+     of ``g1``; momentum would add ``0.9 * lr * g1``); ``zero_grad()`` clears every ``.grad``
+     (to ``None``, the default).
+  2. In the training loop, the ``.grad`` that ``step()`` uses on the second step is that
+     batch's gradient alone (``torch.autograd.grad`` of its loss): ``zero_grad()`` cleared the
+     first step's. Over 20 rounds (epochs) of the loader on a fixed training subset, the loss
+     falls.
   3. A second run with the same seed gives the same losses (its first rounds are rerun):
      bit-identical on the CPU (within 1e-3 relative on GPUs, whose convolution kernels may add
      in varying order); a different seed gives a different run.
@@ -22,6 +27,8 @@ Run:  python nn_modules/10_nn_optim.py        (about 10 s on a 2-core laptop CPU
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torchvision
@@ -71,39 +78,69 @@ def load_train_subset(args, n_train: int):
 
 
 def train(dataset, *, seed: int, rounds: int, batch_size: int, lr: float, device,
-          show_progress: bool = False) -> list[float]:
-    """Seed, build Moli, run ``rounds`` epochs of SGD; return each round's mean loss."""
+          show_progress: bool = False, check_grad: bool = False) -> list[float]:
+    """Seed, build Moli, run ``rounds`` epochs of SGD; return each round's mean loss.
+
+    ``check_grad``: on the second step, check that ``step()`` sees only this batch's gradient.
+    """
     seed_everything(seed)                              # same seed -> same init
     model = Moli().to(device)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))   # same shuffles
-    losses = []
+    losses, step = [], 0
     for _ in progress(range(rounds), desc="rounds", enabled=show_progress):
         running_loss = 0.0
         for imgs, targets in loader:
             imgs, targets = imgs.to(device), targets.to(device)
             loss = loss_fn(model(imgs), targets)
+            probe = check_grad and step == 1           # step 1's .grad would still be there
+            alone = torch.autograd.grad(loss, list(model.parameters()),
+                                        retain_graph=True) if probe else None
             optimizer.zero_grad()                      # 1. forget the last step's gradient
             loss.backward()                            # 2. fill .grad
+            if probe:
+                check_step_sees_this_batch_only(model, alone)
             optimizer.step()                           # 3. p <- p - lr * p.grad
+            step += 1
             running_loss += loss.item() * imgs.shape[0]   # .item(): a float, graph freed
         losses.append(running_loss / len(dataset))
     return losses
 
 
-def step_1_one_step_by_hand(imgs, targets, lr: float) -> float:
-    model = Moli().to(imgs.device)
+def check_step_sees_this_batch_only(model: Moli, alone) -> float:
+    """Right before step(): every .grad == this batch's own gradient (no leftover added)."""
+    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                       for p in model.parameters()])
+    # The same backward kernels on the same graph: bit-equal on a CPU; a GPU's convolution
+    # backward may add in another order (atomics). A leftover gradient is off by ~0.1.
+    rtol = 1e-6 if grads.device.type == "cpu" else 1e-3
+    return check("loop, step 2: .grad at step() == this batch's gradient alone (no leftover)",
+                 grads, torch.cat([g.flatten() for g in alone]), rtol=rtol)
+
+
+def flat(model: Moli) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def step_1_two_steps_by_hand(two_batches, lr: float) -> float:
+    model, loss_fn = Moli().to(two_batches[0][0].device), nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    nn.CrossEntropyLoss()(model(imgs), targets).backward()
-    before = [p.detach().clone() for p in model.parameters()]
-    grads = [p.grad.clone() for p in model.parameters()]
-    optimizer.step()
-    after = torch.cat([p.detach().flatten() for p in model.parameters()])
-    hand = torch.cat([(b - lr * g).flatten() for b, g in zip(before, grads, strict=True)])
-    # step() computes p + (-lr) * grad, perhaps fused: within an ulp of values <= ~0.2.
-    err = check("optimizer.step() == p - lr * grad, for all parameters", after, hand, atol=1e-7)
+    start_p, grads = flat(model), []
+    for imgs, targets in two_batches:
+        optimizer.zero_grad()
+        loss_fn(model(imgs), targets).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))   # g1, g2
+        optimizer.step()
+        if len(grads) == 1:
+            # step() computes p + (-lr) * grad, perhaps fused: within an ulp of values <= ~0.2.
+            check("first step() == p - lr * g1, for all parameters", flat(model),
+                  start_p - lr * grads[0], atol=1e-7)
+    g1, g2 = grads
+    # Two roundings now: within 2 ulps. Momentum 0.9 would add 0.9 * lr * g1 (~1e-3 here).
+    err = check("second step() == p - lr * g1 - lr * g2: plain SGD, no momentum",
+                flat(model), start_p - lr * g1 - lr * g2, atol=2e-7)
     optimizer.zero_grad()
     check("zero_grad() sets every .grad to None", all(p.grad is None for p in model.parameters()))
     return err
@@ -188,12 +225,13 @@ def main(argv=None) -> dict:
     args, device = start(parser, argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     dataset = load_train_subset(args, cfg.pop("n_train"))
-    imgs, targets = next(iter(DataLoader(dataset, batch_size=cfg["batch_size"])))
-    results = {"step_error": step_1_one_step_by_hand(imgs.to(device), targets.to(device),
-                                                     cfg["lr"])}
+    two_batches = [(imgs.to(device), targets.to(device)) for imgs, targets in
+                   itertools.islice(DataLoader(dataset, batch_size=cfg["batch_size"]), 2)]
+    results = {"step_error": step_1_two_steps_by_hand(two_batches, cfg["lr"])}
     print(f"training Moli: {len(dataset)} images, batch {cfg['batch_size']}, "
           f"lr {cfg['lr']}, {cfg['rounds']} rounds")
-    losses = train(dataset, seed=args.seed, device=device, show_progress=not args.smoke, **cfg)
+    losses = train(dataset, seed=args.seed, device=device, show_progress=not args.smoke,
+                   check_grad=True, **cfg)
     results["losses"] = losses
     results["drop"] = step_2_loss_falls(losses)
     results.update(step_3_reproducible(losses, dataset, cfg, args.seed, device))

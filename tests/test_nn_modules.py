@@ -402,15 +402,39 @@ def test_05_print_claim_fails_for_another_layer(note):
         mod.step_1_print_model(moli)
 
 
-def test_05_functional_claim_fails_when_the_layer_adds_more(note):
+class Shifted(nn.Conv2d):                                   # adds a constant to every pixel
+    def forward(self, x):
+        return super().forward(x) + 0.01
+
+
+class PadsBottomRight(nn.Conv2d):                           # all 2p zeros after the image
+    def forward(self, x):
+        p = self.padding[0]
+        return F.conv2d(F.pad(x, (0, 2 * p, 0, 2 * p)), self.weight, self.bias, self.stride)
+
+
+class FlipsKernel(nn.Conv2d):                               # textbook convolution, not PyTorch's
+    def forward(self, x):
+        return F.conv2d(x, self.weight.flip(-1, -2), self.bias, self.stride, self.padding)
+
+
+class IgnoresStride(nn.Conv2d):
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, 1, self.padding)
+
+
+@pytest.mark.parametrize("layer, match", [
+    (Shifted(3, 6, 3), "by hand"),
+    (PadsBottomRight(3, 6, 3, stride=2, padding=1), "by hand"),   # right size, shifted values
+    (FlipsKernel(3, 6, 3, stride=2, padding=1), "by hand"),
+    (IgnoresStride(3, 6, 3, stride=2, padding=1), "floor"),       # 32 wide, not 16
+])
+def test_05_window_claims_fail_for_wrong_layers(note, layer, match):
     mod = note("nn_modules/05_nn_conv2d.py")
-
-    class Shifted(nn.Conv2d):
-        def forward(self, x):
-            return super().forward(x) + 0.01
-
-    with pytest.raises(ClaimError, match="F.conv2d"):
-        mod.step_2_module_is_functional(Shifted(3, 6, 3), torch.rand(2, 3, 8, 8))
+    images = torch.rand(2, 3, 32, 32)
+    mod.step_2_window_by_hand(nn.Conv2d(3, 6, 3, stride=2, padding=1), images)   # holds
+    with pytest.raises(ClaimError, match=match):
+        mod.step_2_window_by_hand(layer, images)
 
 
 @pytest.mark.parametrize("conv, match", [
@@ -560,14 +584,31 @@ def test_08_formula_claims_fail_with_wrong_hand_formulas(note, monkeypatch):
     with pytest.raises(ClaimError, match="hand formula"):
         mod.step_2_cross_entropy_indices(DEV, batch=4, classes=5)
     with pytest.raises(ClaimError, match="probability targets"):
-        mod.step_3_probability_targets(DEV, batch=4, classes=5)
+        mod.step_4_probability_targets(DEV, batch=4, classes=5)
 
 
-def test_08_nll_claim_fails_without_the_log(note, monkeypatch):
+def test_08_scores_claims_fail_for_a_loss_that_takes_probabilities(note, monkeypatch):
     mod = note("nn_modules/08_nn_loss.py")
-    monkeypatch.setattr(mod.F, "log_softmax", lambda z, dim: F.softmax(z, dim=dim).neg())
-    with pytest.raises(ClaimError, match="NLLLoss"):
-        mod.step_2_cross_entropy_indices(DEV, batch=4, classes=5)
+    mod.step_3_scores_not_probabilities(DEV, batch=4, classes=5)      # the real loss: holds
+    real = nn.CrossEntropyLoss
+
+    def probabilities_loss(reduction="mean"):               # NLL of log(input): wants probs
+        return lambda x, y: F.nll_loss(x.clamp_min(1e-30).log(), y, reduction=reduction)
+
+    monkeypatch.setattr(mod.nn, "CrossEntropyLoss", probabilities_loss)
+    with pytest.raises(ClaimError, match="as raw scores"):
+        mod.step_3_scores_not_probabilities(DEV, batch=4, classes=5)
+
+    def takes_either(reduction="mean"):                     # scores as CE, probability rows as NLL
+        def loss(x, y):
+            if bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones(len(x))):
+                return probabilities_loss(reduction)(x, y)
+            return real(reduction=reduction)(x, y)
+        return loss
+
+    monkeypatch.setattr(mod.nn, "CrossEntropyLoss", takes_either)
+    with pytest.raises(ClaimError, match="as probabilities"):
+        mod.step_3_scores_not_probabilities(DEV, batch=4, classes=5)
 
 
 def test_08_one_hot_claim_fails_for_shifted_one_hot(note, monkeypatch):
@@ -575,7 +616,7 @@ def test_08_one_hot_claim_fails_for_shifted_one_hot(note, monkeypatch):
     real = F.one_hot
     monkeypatch.setattr(mod.F, "one_hot", lambda t, c: real((t + 1) % c, c))
     with pytest.raises(ClaimError, match="one-hot"):
-        mod.step_3_probability_targets(DEV, batch=4, classes=5)
+        mod.step_4_probability_targets(DEV, batch=4, classes=5)
 
 
 def test_08_label_smoothing_and_weight_claims_fail(note, monkeypatch):
@@ -583,11 +624,11 @@ def test_08_label_smoothing_and_weight_claims_fail(note, monkeypatch):
     real = nn.CrossEntropyLoss
     monkeypatch.setattr(mod.nn, "CrossEntropyLoss", lambda label_smoothing=0.0, **kw: real(**kw))
     with pytest.raises(ClaimError, match="label_smoothing"):
-        mod.step_3_probability_targets(DEV, batch=4, classes=5)
+        mod.step_4_probability_targets(DEV, batch=4, classes=5)
     monkeypatch.setattr(mod.nn, "CrossEntropyLoss", lambda weight=None, reduction="mean":
                         real(weight=weight if reduction == "none" else None, reduction=reduction))
     with pytest.raises(ClaimError, match="weight"):
-        mod.step_4_class_weights(DEV, batch=8, classes=5)
+        mod.step_5_class_weights(DEV, batch=8, classes=5)
 
 
 # 09 ------------------------------------------------------------------------------------------
@@ -646,12 +687,18 @@ def test_09_finite_difference_claim_fails_for_a_wrong_backward(note):
 
 def test_10_step_claims_fail(note, monkeypatch):
     mod = note("nn_modules/10_nn_optim.py")
-    imgs, labels = batches(2)[0]
+    two = batches(2, 2)
+    mod.step_1_two_steps_by_hand(two, 0.1)                  # plain SGD: holds
     real = torch.optim.SGD
     monkeypatch.setattr(mod.torch.optim, "SGD", lambda params, lr: real(params, lr=lr,
                                                                         weight_decay=0.5))
-    with pytest.raises(ClaimError, match="p - lr"):
-        mod.step_1_one_step_by_hand(imgs, labels, 0.1)
+    with pytest.raises(ClaimError, match="first step"):
+        mod.step_1_two_steps_by_hand(two, 0.1)
+    # Momentum's first step is p - lr * g1 too (its buffer starts as g1); the second is not.
+    monkeypatch.setattr(mod.torch.optim, "SGD", lambda params, lr: real(params, lr=lr,
+                                                                        momentum=0.9))
+    with pytest.raises(ClaimError, match="no momentum"):
+        mod.step_1_two_steps_by_hand(two, 0.1)
 
     class KeepsZeros(real):
         def zero_grad(self, set_to_none=True):
@@ -659,7 +706,38 @@ def test_10_step_claims_fail(note, monkeypatch):
 
     monkeypatch.setattr(mod.torch.optim, "SGD", KeepsZeros)
     with pytest.raises(ClaimError, match="None"):
-        mod.step_1_one_step_by_hand(imgs, labels, 0.1)
+        mod.step_1_two_steps_by_hand(two, 0.1)
+
+
+class NeverZeros(torch.optim.SGD):                          # the loop without zero_grad()
+    def zero_grad(self, set_to_none=True):
+        pass
+
+
+def test_10_loop_grad_claim_fails_without_zero_grad(note, monkeypatch):
+    mod = note("nn_modules/10_nn_optim.py")
+    ds, cfg = tiny_dataset(4), dict(rounds=1, batch_size=2, lr=0.01, device=DEV)
+    mod.train(ds, seed=0, check_grad=True, **cfg)           # the note's loop: holds
+    monkeypatch.setattr(mod.torch.optim, "SGD", NeverZeros)
+    with pytest.raises(ClaimError, match="gradient alone"):
+        mod.train(ds, seed=0, check_grad=True, **cfg)
+
+
+def test_10_loss_falls_claim_fails_when_zero_grad_runs_before_step(note, monkeypatch):
+    mod = note("nn_modules/10_nn_optim.py")
+
+    class ZerosTooLate(torch.optim.SGD):                    # backward, zero_grad, step
+        def zero_grad(self, set_to_none=True):
+            pass
+
+        def step(self, closure=None):
+            super().zero_grad()                             # .grad is None: step() skips p
+            return super().step(closure)
+
+    monkeypatch.setattr(mod.torch.optim, "SGD", ZerosTooLate)
+    losses = mod.train(tiny_dataset(4), seed=0, rounds=3, batch_size=4, lr=0.01, device=DEV)
+    with pytest.raises(ClaimError, match="loss fell"):
+        mod.step_2_loss_falls(losses)
 
 
 def test_10_loss_falls_claim_fails_with_zero_learning_rate(note):
