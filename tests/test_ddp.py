@@ -138,13 +138,17 @@ def test_sampler_claims_fail_on_overlap_and_without_set_epoch(train04):
         for epoch in (0, 1):
             s.set_epoch(epoch)
             orders[epoch] = list(s)
-        good.append(dict(orders=orders))
+        good.append(dict(orders=orders, fed={0: n // 2, 1: n // 2}))
     train04.step_2_sampler_shards(good, n)                      # the honest shards pass
-    overlap = [good[0], dict(orders={e: list(o) for e, o in good[0]["orders"].items()})]
+    overlap = [good[0], dict(good[0], orders={e: list(o) for e, o in good[0]["orders"].items()})]
     with pytest.raises(ClaimError, match="disjoint"):
         train04.step_2_sampler_shards(overlap, n)
+    # A DataLoader built with shuffle=True instead of sampler=: every rank reads all n.
+    whole = [dict(g, fed={0: n, 1: n}) for g in good]
+    with pytest.raises(ClaimError, match="fed exactly its shard"):
+        train04.step_2_sampler_shards(whole, n)
     # Forgetting set_epoch: epoch 1 repeats epoch 0's order on every rank.
-    same = [dict(orders={0: g["orders"][0], 1: g["orders"][0]}) for g in good]
+    same = [dict(g, orders={0: g["orders"][0], 1: g["orders"][0]}) for g in good]
     with pytest.raises(ClaimError, match="set_epoch"):
         train04.step_2_sampler_shards(same, n)
 
@@ -292,6 +296,8 @@ def test_each_claim_of_the_note_can_fail(adv):
                                     for r in good], cfg)
     with pytest.raises(ClaimError, match="rank 0's initial weights"):
         adv.step_3_ddp_broadcasts([good[0], dict(good[1], after_broadcast=good[1]["before"])])
+    with pytest.raises(ClaimError, match="built its own weights"):          # seed=0 on every rank
+        adv.step_3_ddp_broadcasts([good[0], dict(good[1], before=good[0]["before"])])
     # Without DDP each rank keeps the gradient of its own half of the batch.
     model = adv.make_model(cfg, seed=0)
     x, y = adv.batch(cfg, 0)

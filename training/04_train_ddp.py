@@ -11,8 +11,8 @@ prints, evaluates and writes checkpoints; if a process dies, torchrun restarts t
 
 Claims proven (in rank 0, from what every rank reports):
   1. DistributedSampler gives each rank a disjoint shard; together they cover the training set
-     once per epoch, and ``set_epoch(epoch)`` reshuffles every epoch (forget it and every
-     epoch repeats the same order).
+     once per epoch; each rank's DataLoader feeds exactly its shard (``sampler=``); and
+     ``set_epoch(epoch)`` reshuffles every epoch (forget it and every epoch repeats the order).
   2. The training loss goes down (the global batch's loss: the mean over ranks).
   3. Test accuracy is far above chance (10 classes: 10%).
   4. With N > 1: every replica ends with bitwise identical weights.
@@ -25,19 +25,16 @@ Run on one machine (1 process, then 2, then 2 that torchrun restarts once if one
   torchrun --standalone --nproc_per_node=2 training/04_train_ddp.py --resume
   TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone --nproc_per_node=2 \
       --max-restarts=1 training/04_train_ddp.py --resume
-With restarts, set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: by default torchrun's workers share
-its rendezvous store across restarts, and the restarted group can read the dead group's
-addresses ("Connection refused"; pytorch/pytorch#135712). The variable gives each restart a
-fresh store.
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives each restart a fresh rendezvous store: by default a
+restarted group can read the dead group's addresses ("Connection refused"; pytorch#135712).
 On several machines: the same line on each ($HOST: one machine's address that all can reach;
 each machine needs the data):
   TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=2 --nproc_per_node=4 \
       --rdzv-backend=c10d --rdzv-endpoint=$HOST:29500 --rdzv-id=moli --max-restarts=3 \
       training/04_train_ddp.py --device cuda --resume
 Backends: NCCL with ``--device cuda`` (one GPU per process), else gloo on the CPU.
-Fault drill: ``TORCHNOTES_DIE_AT_STEP=200`` makes the last rank exit at global step 200 (in
-epoch 2) on the first attempt (``TORCHELASTIC_RESTART_COUNT`` is 0): with the restart line
-above, watch torchrun restart the group, which resumes from the epoch-1 checkpoint.
+Fault drill: ``TORCHNOTES_DIE_AT_STEP=200`` makes the last rank exit at step 200 (epoch 2) on
+the first attempt: with the restart line above, torchrun restarts from the epoch-1 checkpoint.
 """
 
 from __future__ import annotations
@@ -155,11 +152,10 @@ def step_1_train(args, cfg: dict, rank: int, world: int, device: torch.device,
         optimizer.load_state_dict(resumed["optimizer"])
         set_rng_state(resumed["rng"])
         losses, first_epoch = resumed["losses"].tolist(), resumed["epoch"]
-    # DDP copies rank 0's weights to every rank, then hooks the gradient all-reduce into
-    # backward(). device_ids: the one GPU of this process (None on the CPU).
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # DDP copies rank 0's weights to every rank, then all-reduces gradients inside backward().
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)  # this GPU
     loss_fn = nn.CrossEntropyLoss()
-    orders, epochs = {}, []
+    orders, fed, epochs = {}, {}, []
     print(f"{world} process(es) x {cfg['batch_size'] // world} images = global batch "
           f"{cfg['batch_size']} | {len(loader)} steps per epoch | from epoch {first_epoch + 1}")
     for epoch in range(first_epoch, cfg["epochs"]):
@@ -175,6 +171,7 @@ def step_1_train(args, cfg: dict, rank: int, world: int, device: torch.device,
             loss.backward()                 # DDP all-reduces: every rank gets the mean grad
             optimizer.step()                # same grads, same weights: the same step
             mine.append(loss.item())
+            fed[epoch] = fed.get(epoch, 0) + len(targets)        # what the loader delivered
             maybe_die(len(losses) + len(mine), rank, world)
         # Each rank saw its own losses; their mean is the global batch's loss.
         step_losses = torch.tensor(mine, dtype=torch.float64, device=device)
@@ -199,7 +196,7 @@ def step_1_train(args, cfg: dict, rank: int, world: int, device: torch.device,
                   f"{epochs[-1]['seconds']:.1f} s | {path.name}")
         dist.barrier()
     gathered = [None] * world
-    dist.all_gather_object(gathered, dict(orders=orders, weights=[
+    dist.all_gather_object(gathered, dict(orders=orders, fed=fed, weights=[
         t.detach().cpu() for t in ddp.module.state_dict().values()]))
     return dict(model=ddp.module, losses=losses, epochs=epochs, ranks=gathered, real=real,
                 n_train=len(train_set))
@@ -217,6 +214,10 @@ def step_2_sampler_shards(ranks: list[dict], n_train: int) -> None:
                                                          else ""),
               sorted(set(together)) == list(range(n_train))
               and len(together) == n_train + padded)
+        fed = [r["fed"].get(epoch, 0) for r in ranks]
+        check(f"epoch {epoch + 1}: each rank's DataLoader (sampler=) fed exactly its shard "
+              f"({len(shards[0])} images), not all {n_train}",
+              fed == [len(shard) for shard in shards], detail=f"images fed per rank {fed}")
     if len(trained) < 2:
         print("one epoch trained in this run: reshuffling between epochs not shown")
         return
@@ -268,9 +269,8 @@ def run(argv) -> dict:
         if cfg["batch_size"] % world:
             raise NoteError(f"the global batch {cfg['batch_size']} must split evenly over "
                             f"{world} processes; use a world size that divides it")
-        # Only rank 0 touches --out-dir (other machines may not even see it): it locks it,
-        # decides between a fresh start and --resume, and sends the checkpoint to the others,
-        # or, if it refused the folder (in use, an earlier run), the news that all must stop.
+        # Only rank 0 touches --out-dir (other machines may not see it): it locks it, picks a
+        # fresh start or --resume, and sends the others the checkpoint or the news to stop.
         with contextlib.ExitStack() as held:
             found, refused = None, None
             if rank == 0:
@@ -292,8 +292,8 @@ def run(argv) -> dict:
             if box[1]:                    # rank 0 says why; the others leave without a word
                 raise refused if rank == 0 else SystemExit(1)
             out = step_1_train(args, cfg, rank, world, device, box[0])
-        # The DDP wrapper is in a reference cycle: free it (and its hold on the process group)
-        # now, not in the interpreter's exit, where gloo's threads die with SIGABRT.
+        # DDP sits in a reference cycle: free it (and its process group) now, not at exit,
+        # where gloo's threads die with SIGABRT.
         gc.collect()
     finally:
         dist.destroy_process_group()
