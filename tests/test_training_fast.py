@@ -78,6 +78,38 @@ def test_fast_note_stops_when_autocast_is_silently_off(note, tmp_path, monkeypat
         smoke(fast, tmp_path)
 
 
+def test_fast_note_stops_when_the_trained_model_is_not_channels_last(note, tmp_path,
+                                                                    monkeypatch):
+    """The input alone being channels_last makes convolution pick NHWC kernels, so step 2's
+    logits matched with or without the model's memory_format: only the loop's check sees it."""
+    fast = note(FAST)
+
+    class NCHWMoli(fast.Moli):
+        def to(self, *args, **kwargs):
+            kwargs.pop("memory_format", None)                 # .to(memory_format=...) forgotten
+            return super().to(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "Moli", NCHWMoli)
+    with pytest.raises(ClaimError, match="trained a channels_last model"):
+        smoke(fast, tmp_path)
+
+
+def test_benchmark_stops_when_a_loop_does_not_learn(note, tmp_path, monkeypatch):
+    """Without optimizer.step() the old 'loss falls' check (last batch vs first batch) passed
+    at some seeds by sampling noise; the fixed batch's loss does not move at all."""
+    bench = note(BENCH)
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, closure=None: None)
+    with pytest.raises(ClaimError, match="learns while timed"):
+        smoke(bench, tmp_path)
+
+
+def test_benchmark_stops_when_the_loops_see_different_images(note, tmp_path, monkeypatch):
+    bench = note(BENCH)
+    monkeypatch.setattr(bench, "ToTensor", lambda: lambda img: TF.to_tensor(img).flip(-1))
+    with pytest.raises(ClaimError, match="fed the same images"):
+        smoke(bench, tmp_path)
+
+
 def test_fast_loop_scales_float16_gradients_only(note, monkeypatch):
     """GPUs without bf16 get float16 autocast, whose small gradients flush to zero unless
     scaled: the GradScaler is on for float16 and off for bf16 and float32. (A full smoke run

@@ -11,8 +11,9 @@ Claims proven:
   1. Moli costs 69.2 MFLOP per training image: the count by formula (2 x multiply-adds of each
      conv and linear layer, forward; twice that backward, minus the first conv's input
      gradient, which nobody needs) equals ``torch.utils.flop_counter.FlopCounterMode``'s.
-  2. Both loops do the same work: on one batch, with the same weights, the fast path's logits
-     equal the seed-style path's within bf16 precision, and both loops' losses fall.
+  2. Both loops do the same work: they are fed the same images (ToTensor's floats == the uint8
+     tensor / 255); with the same weights the channels_last bf16 model gives the NCHW float32
+     model's logits within bf16 precision; both loops' losses on a fixed batch fall while timed.
   3. The fast loop processes more images per second than the seed-style loop (the ratio is the
      summary line ``speed-up: <ratio>x``); ``torch.profiler`` shows where each spends its time.
 
@@ -102,6 +103,11 @@ class SeedStyle:
         self.losses.append(loss.detach())
         return len(targets)
 
+    @torch.no_grad()
+    def loss_on(self, x_u8, y) -> float:
+        """The loss on a fixed batch, fed as this loop feeds it (ToTensor: bytes / 255)."""
+        return F.cross_entropy(self.model(x_u8.permute(0, 3, 1, 2).float() / 255), y).item()
+
 
 class Fast:
     """``05_train_fast.py``'s loop: tensor-resident uint8 data, one batch per call."""
@@ -141,8 +147,20 @@ class Fast:
         self.losses.append(loss.detach())
         return self.bs
 
+    @torch.no_grad()
+    def loss_on(self, x_u8, y) -> float:
+        """The loss on a fixed batch, fed as this loop feeds it (normalised, autocast)."""
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            return F.cross_entropy(self.model(fast.to_input(x_u8, self.mean, self.std)),
+                                   y).float().item()
+
 
 def step_2_same_work(seed_loop: SeedStyle, fast_loop: Fast, dataset) -> None:
+    seed_fed = torch.stack([dataset[i][0] for i in range(64)])       # ToTensor, (64, 3, 32, 32)
+    fast_fed = fast_loop.x[:64].permute(0, 3, 1, 2).float().cpu() / 255   # uint8 rows / 255
+    check("both loops are fed the same images: ToTensor(PIL) == the uint8 tensor / 255",
+          fast_fed, seed_fed, atol=0)
     fast_loop.model.load_state_dict(seed_loop.model.state_dict())
     x = torch.as_tensor(dataset.data[:64]).to(fast_loop.device)
     with torch.no_grad():
@@ -150,8 +168,8 @@ def step_2_same_work(seed_loop: SeedStyle, fast_loop: Fast, dataset) -> None:
         with torch.autocast(fast_loop.device.type, dtype=fast_loop.dtype or torch.float32,
                             enabled=fast_loop.dtype is not None):
             low = fast_loop.model(fast.to_input(x, fast_loop.mean, fast_loop.std))
-    check("same weights, same batch: fast-path logits == seed-style logits (bf16 precision)",
-          low.float(), ref, rtol=5e-2)
+    check("same weights, one normalised batch: the channels_last bf16 model's logits == the "
+          "NCHW float32 model's (bf16 precision)", low.float(), ref, rtol=5e-2)
 
 
 def timed_round(loop, images: int, device) -> float:
@@ -227,13 +245,14 @@ def main(argv=None) -> dict:
     print(f"fast loop: batch {cfg['fast_batch']}, autocast {fast_loop.dtype}, augmentation "
           f"{'on (extra work)' if args.augment else 'off (same work as the seed-style loop)'}")
     step_2_same_work(seed_loop, fast_loop, dataset)
+    fixed = fast_loop.x[:256], fast_loop.y[:256]                    # one batch, never reshuffled
+    before = {name: loop.loss_on(*fixed) for name, loop in (("seed-style", seed_loop),
+                                                            ("fast", fast_loop))}
     rates = step_3_interleaved(seed_loop, fast_loop, cfg, device)
     for name, loop in (("seed-style", seed_loop), ("fast", fast_loop)):
-        losses = torch.stack(loop.losses).float()
-        k = max(1, len(losses) // 5)
-        check(f"{name} loop learns while timed (loss falls)",
-              losses[-k:].mean() < losses[:k].mean(),
-              detail=f"{losses[:k].mean():.3f} -> {losses[-k:].mean():.3f}")
+        after = loop.loss_on(*fixed)          # same batch, same feeding: no sampling noise
+        check(f"{name} loop learns while timed (its loss on a fixed batch falls)",
+              after < before[name], detail=f"{before[name]:.3f} -> {after:.3f}")
     shares = step_4_where_time_goes(seed_loop, fast_loop, device, cfg["profile_steps"])
     peak = matmul_peak(device, fast_loop.dtype or torch.float32)
     print(f"{'loop':<11} {'images/s':>10} {'s / 50k epoch':>14} {'GFLOP/s':>9} {'of peak':>8}")
