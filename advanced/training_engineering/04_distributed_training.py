@@ -12,7 +12,8 @@ drives the copies and how gradients meet.
   optimizer and shard of the data. DDP broadcasts rank 0's weights once, at construction; then
   during ``backward()`` it all-reduces (averages) the gradients bucket by bucket, overlapped with
   the rest of backward, so every process takes the same optimizer step and the copies never
-  drift apart. No per-step copying, no master GPU, and it spans machines.
+  drift apart. No per-step weight copies (only buffers, e.g. BatchNorm's running statistics,
+  go from rank 0 at each forward: ``broadcast_buffers=True``); no master GPU; spans machines.
 
 All-reduce (every rank ends with the sum of every rank's tensor) is done as a ring
 (Patarasuk & Yuan 2009; popularised for deep learning by Baidu, 2017): split the tensor into N
@@ -32,8 +33,7 @@ Claims proven (N worker processes started with ``mp.spawn``; gloo on CPU, NCCL o
 
 Run:  python advanced/training_engineering/04_distributed_training.py [--world-size 4]
       (about 10 s on a 2-core laptop CPU: most of it is N fresh Python processes importing torch)
-For a real multi-GPU (or multi-machine) job, launch with torchrun instead of mp.spawn:
-training/04_train_ddp.py shows it.
+For a real multi-GPU (or multi-machine) job, launch with torchrun: training/04_train_ddp.py.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from torchnotes import check, make_parser, output_folder, start
 
 FULL = dict(world_size=4, numel=1_000_000, features=32, hidden=64, classes=10, batch=64,
             steps=20, lr=0.1)
-SMOKE = dict(world_size=2, numel=10_000, features=8, hidden=16, classes=4, batch=12,
+SMOKE = dict(world_size=3, numel=10_000, features=8, hidden=16, classes=4, batch=12,
              steps=3, lr=0.1)
 
 
@@ -225,6 +225,8 @@ def step_2_ring_all_reduce(results: list[dict], cfg: dict) -> float:
 def step_3_ddp_broadcasts(results: list[dict]) -> None:
     differ = sum(not torch.equal(res["before"], results[0]["before"]) for res in results[1:])
     print(f"before DDP(model): {differ} of {len(results) - 1} other ranks hold other weights")
+    check("before DDP(model) every rank built its own weights (else the next claim is empty)",
+          differ == len(results) - 1, detail=f"{differ} of {len(results) - 1} differ")
     check("after DDP(model) every rank holds rank 0's initial weights",
           all(torch.equal(res["after_broadcast"], results[0]["before"]) for res in results))
 
