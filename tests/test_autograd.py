@@ -276,6 +276,18 @@ def _always(value):
     return lambda *args, **kwargs: value
 
 
+def _clip_each_parameter(params, max_norm):
+    """A plausible clip_grad_norm_: every parameter's gradient clipped on its own to
+    max_norm / sqrt(k). The total stays under max_norm, the true norm is returned, but the
+    direction changes (small gradients keep their size while large ones shrink)."""
+    params = list(params)
+    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    share = max_norm / len(params) ** 0.5
+    for p in params:
+        p.grad.mul_(min(1.0, share / (p.grad.norm().item() + 1e-12)))
+    return total
+
+
 def _patch(target, name, value):
     """Patch target.<name>; target is an object, or ``lambda mod: ...`` naming one in the note."""
     def apply(mod, mp):
@@ -544,6 +556,9 @@ BREAKS = {
                     lambda params, max_norm: torch.nn.utils.clip_grad_value_(params, max_norm)
                     or torch.tensor(0.0)),
         lambda m: m.step_2_clipping(CPU, 3, 4), "pre-clip norm"),
+    "06 clipping: each parameter clipped to its share of the norm (turns the gradient)": (
+        N06, _patch(torch.nn.utils, "clip_grad_norm_", _clip_each_parameter),
+        lambda m: m.step_2_clipping(CPU, 3, 4), "keeps its direction"),
     "06 central difference: a one-sided difference": (
         N06, _forward_difference, lambda m: m.step_3_finite_differences(CPU, 3),
         "central difference"),
