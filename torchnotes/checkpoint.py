@@ -370,7 +370,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, *,
                    source: str = "the checkpoint") -> None:
     """``optimizer.load_state_dict(state)``, first checking that every saved per-parameter
     tensor (Adam's moments, SGD's momentum) has its parameter's shape: ``load_state_dict``
-    does not, and a wrong one would fail only at the next ``step()``."""
+    does not, and a wrong one would fail only at the next ``step()``. For optimizers whose
+    state is shaped like the parameters (not, say, Adafactor's factored moments)."""
     try:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         ids = [i for group in state["param_groups"] for i in group["params"]]
